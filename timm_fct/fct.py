@@ -1,0 +1,491 @@
+"""ResNet with Fully Convolutional Transformer heads ("Learning to Pay Multiple Attention with FCTs").
+
+Mensah, Bah and Brink feed intermediate ResNet-50 feature maps, each added to the global image
+descriptor g, through Fully Convolutional Transformer (FCT) modules, and classify the concatenation of
+their pooled outputs. Where each equation of the paper lives:
+
+* x_l = z_l + P_l(g) (Sec. 3.2, 'Learn to Pay Attention' dimension matching) ... `FctBlock.global_proj`
+* eq. 7, PATCHEMBED(z_l + g) ...................................................... `FctBlock.patch_embed`
+* eqs. 2-4 and 6, MHSA(N(CONVPROJ(z))) .................................................. `ConvAttention`
+* eq. 8, residual around the attention ............................................... `FctBlock.forward`
+* eqs. 5 and 9, FL(N(z)) + z with FL = GELU(CONV) ......................................... `FocusLayer`
+* concatenation of the pooled FCT outputs, then the classifier ... `FctResNet.forward_features` / `head`
+"""
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, register_notrace_function
+from timm.models import (
+    build_model_with_cfg, checkpoint, create_model, generate_default_cfgs, register_model,
+)
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models._features import feature_take_indices
+
+from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
+
+__all__ = ['FctResNet', 'FctBlock', 'ConvAttention', 'FocusLayer']
+
+NORM_LAYERS: Dict[str, Callable[..., nn.Module]] = {
+    'bn': nn.BatchNorm2d,
+    'ln': LayerNorm2d,  # channel LayerNorm: normalises the C values of each position
+}
+
+
+@register_notrace_function  # FX keeps the call as one node (autowrap skips _private names)
+def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """Fail early with the expected shape; convolutions would accept a 3-D tensor and go wrong later."""
+    if x.dim() != 4:
+        raise ValueError(f'expected a 4-D (N, C, H, W) image batch, got a {x.dim()}-D tensor of shape {x.shape}')
+    if x.shape[1] != in_chans:
+        raise ValueError(f'expected {in_chans} input channels (N, {in_chans}, H, W), got shape {x.shape}')
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f'input {x.shape[2]}x{x.shape[3]} is too small for the tapped stages: height and width must be '
+            f'at least {min_size}, the total stride of the backbone')
+
+
+def _concat_on_grid(outs: List[torch.Tensor], grid: List[int]) -> torch.Tensor:
+    """Area-average each FCT output to the last stage's grid and stack them along channels."""
+    return torch.cat([F.adaptive_avg_pool2d(z, grid) for z in outs], dim=1)
+
+
+def _to_tokens(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, heads, H*W, C // heads), the layout scaled_dot_product_attention expects."""
+    B, C, H, W = x.shape
+    return x.reshape(B, num_heads, C // num_heads, H * W).transpose(-1, -2)
+
+
+class ConvProjection(nn.Module):
+    """CONVPROJ then N: a depth-wise 3x3 convolution (strided for K and V) and the variant's norm."""
+
+    def __init__(self, dim: int, stride: int, norm_layer: Callable[..., nn.Module], device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.conv = nn.Conv2d(dim, dim, 3, stride=stride, padding=1, groups=dim, bias=False, **dd)
+        self.norm = norm_layer(dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class ConvAttention(nn.Module):
+    """Multi-head self-attention over convolutional Q, K and V (eqs. 2-4 with CONVPROJ, eq. 8).
+
+    K and V may be computed at a coarser stride than Q: each query still sees the whole map, at a
+    fraction of the cost. Attention runs through PyTorch's fused scaled_dot_product_attention.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            kv_stride: int = 1,
+            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+            attn_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if dim % num_heads:
+            raise ValueError(f'embed_dim ({dim}) must be divisible by num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.q_conv = ConvProjection(dim, 1, norm_layer, **dd)
+        self.k_conv = ConvProjection(dim, kv_stride, norm_layer, **dd)
+        self.v_conv = ConvProjection(dim, kv_stride, norm_layer, **dd)
+        self.q = nn.Conv2d(dim, dim, 1, **dd)  # W_Q of eq. 2, a 1x1 convolution
+        self.k = nn.Conv2d(dim, dim, 1, **dd)  # W_K
+        self.v = nn.Conv2d(dim, dim, 1, **dd)  # W_V
+        self.proj = nn.Conv2d(dim, dim, 1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q = _to_tokens(self.q(self.q_conv(x)), self.num_heads)
+        k = _to_tokens(self.k(self.k_conv(x)), self.num_heads)
+        v = _to_tokens(self.v(self.v_conv(x)), self.num_heads)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        x = x.transpose(-1, -2).reshape(B, C, H, W)  # CONCAT of the heads, eq. 4
+        return self.proj(x)
+
+
+class FocusLayer(nn.Module):
+    """FL(x) = GELU(CONV(x)), eq. 5: a 3x3 convolution that aggregates the attended features."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, device=device, dtype=dtype)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+class FctBlock(nn.Module):
+    """One FCT module: a tapped feature map plus the global descriptor in, an attended map out (eqs. 7-9)."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            global_chs: int,
+            embed_dim: int,
+            num_heads: int,
+            patch_size: int = 3,
+            patch_stride: int = 2,
+            kv_stride: int = 2,
+            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count
+        self.patch_embed = nn.Conv2d(  # overlapping patches: kernel larger than stride
+            in_chs, embed_dim, patch_size, stride=patch_stride, padding=patch_size // 2, **dd)
+        self.attn = ConvAttention(embed_dim, num_heads, kv_stride, norm_layer, attn_drop, **dd)
+        self.norm = norm_layer(embed_dim, **dd)
+        self.focus = FocusLayer(embed_dim, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        x = x + self.global_proj(g)[:, :, None, None]  # broadcast over H x W
+        z = self.patch_embed(x)  # eq. 7
+        z = z + self.drop_path(self.attn(z))  # eq. 8
+        z = z + self.drop_path(self.focus(self.norm(z)))  # eq. 9
+        return z
+
+
+class FctResNet(nn.Module):
+    """A timm ResNet whose tapped stages go through FCT modules; their pooled outputs are classified.
+
+    forward_features returns the FCT outputs concatenated along channels on the last stage's grid (each
+    map area-averaged down to it, exact when sizes divide as they do at the default resolutions), so the
+    head's global average pool yields exactly the concatenation of each FCT output's average, as in the
+    paper, while the features stay a plain NCHW map that timm's tooling expects.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            taps: Sequence[int] = (1, 2, 3),
+            norm: str = 'bn',
+            embed_dim: int = 96,
+            num_heads: int = 2,
+            patch_size: int = 3,
+            patch_stride: int = 2,
+            kv_stride: int = 2,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            backbone: timm model name of the ResNet to tap, built with features_only.
+            taps: backbone feature indices fed to FCT modules (timm ResNets: 0 stem, 1-4 stages; the last
+                stage always supplies the global descriptor g).
+            norm: 'bn' (BatchNorm) or 'ln' (channel LayerNorm) inside the FCT modules.
+            embed_dim: FCT embedding width D.
+            num_heads: attention heads per FCT module.
+            patch_size: PATCHEMBED kernel size (larger than patch_stride, so patches overlap).
+            patch_stride: PATCHEMBED stride.
+            kv_stride: stride of the K and V depth-wise projections.
+            num_classes: classifier outputs, 0 for none.
+            in_chans: input image channels.
+            global_pool: timm pooling type for the head, '' for none.
+            drop_rate: dropout before the classifier.
+            attn_drop_rate: dropout on the attention weights.
+            drop_path_rate: stochastic depth, for the backbone blocks and the FCT residual branches.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if norm not in NORM_LAYERS:
+            raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        taps = tuple(taps)
+        if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0:
+            raise ValueError(f'taps must be non-empty, increasing, non-negative feature indices, got {taps}')
+        try:
+            self.backbone = create_model(
+                backbone,
+                features_only=True,
+                out_indices=(*taps, -1),  # the last stage gives the global descriptor g
+                in_chans=in_chans,
+                drop_path_rate=drop_path_rate,
+                **dd,
+            )
+        except IndexError:
+            raise ValueError(f'taps {taps} index past the feature levels of {backbone}') from None
+        num_stages = len(self.backbone.feature_info.info)
+        if taps[-1] >= num_stages - 1:
+            raise ValueError(
+                f'taps must index stages before the last of {backbone} ({num_stages} feature levels, '
+                f'the last gives the global descriptor), got {taps}')
+        self.taps = taps
+        stage_chs = self.backbone.feature_info.channels()
+        stage_reductions = self.backbone.feature_info.reduction()
+        global_chs = stage_chs[-1]
+        self.min_input_size = stage_reductions[-1]
+
+        norm_layer = NORM_LAYERS[norm]
+        self.fct = nn.ModuleList([
+            FctBlock(
+                chs, global_chs, embed_dim, num_heads,
+                patch_size=patch_size,
+                patch_stride=patch_stride,
+                kv_stride=kv_stride,
+                norm_layer=norm_layer,
+                attn_drop=attn_drop_rate,
+                drop_path=drop_path_rate,
+                **dd,
+            )
+            for chs in stage_chs[:-1]
+        ])
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=r * patch_stride, module=f'fct.{i}')
+            for i, r in enumerate(stage_reductions[:-1])
+        ]
+        self.num_features = embed_dim * len(self.fct)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head_hidden_size = self.head.num_features
+        self.fct.apply(_init_fct_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Nothing beyond the 1-D norm and bias parameters, which timm's optimizer factory already exempts."""
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Layer-decay groups: stem, backbone stages (or blocks), then the FCT modules after them."""
+        return dict(
+            stem=r'^backbone\.(?:conv1|bn1|act1|maxpool)',
+            blocks=[
+                (r'^backbone\.layer(\d+)' if coarse else r'^backbone\.layer(\d+)\.(\d+)', None),
+                (r'^fct\.(\d+)', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return 'head.fc' if name_only else self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
+        self.head_hidden_size = self.head.num_features
+
+    def _attend(self, x: torch.Tensor, max_index: int) -> Tuple[List[torch.Tensor], List[int]]:
+        """Backbone, global descriptor g and FCT modules 0..max_index; also returns the last stage's grid."""
+        check_image_batch(x, self.in_chans, self.min_input_size)
+        feats = self.backbone(x)
+        last = feats[-1]
+        g = last.mean((2, 3))  # global image descriptor: the pooled last stage
+        outs: List[torch.Tensor] = []
+        for i, block in enumerate(self.fct):
+            if i <= max_index:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    outs.append(checkpoint(block, feats[i], g))
+                else:
+                    outs.append(block(feats[i], g))
+        return outs, [last.shape[-2], last.shape[-1]]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        outs, grid = self._attend(x, len(self.fct) - 1)
+        return _concat_on_grid(outs, grid)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The FCT module outputs (one per tap) as intermediates; `norm` is a no-op, there is no final norm.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n FCT outputs if int, all if None, select matching indices if sequence.
+            norm: Unused, for API compatibility.
+            stop_early: Skip the FCT modules after the last requested one (the backbone always runs whole,
+                since every module needs the global descriptor).
+            output_fmt: Only 'NCHW'.
+            intermediates_only: Only return the intermediates.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.fct), indices)
+        outs, grid = self._attend(x, max_index if stop_early else len(self.fct) - 1)
+        intermediates = [outs[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        return _concat_on_grid(outs, grid), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the FCT modules after the last index kept; the head goes too if its input width changed."""
+        take_indices, max_index = feature_take_indices(len(self.fct), indices)
+        prune_end = max_index < len(self.fct) - 1
+        self.fct = self.fct[:max_index + 1]
+        self.num_features = self.feature_info[0]['num_chs'] * len(self.fct)
+        if prune_head or prune_end:
+            self.num_classes = 0
+            self.head.reset(0, '', in_features=self.num_features)
+            self.head_hidden_size = self.head.num_features
+        return take_indices
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def _init_fct_weights(module: nn.Module) -> None:
+    """Kaiming normal for the FCT convolutions, as the paper initialises the whole model."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctResNet) -> Dict[str, torch.Tensor]:
+    """Accept FctResNet checkpoints as they are, and plain timm ResNet ones as backbone-only weights.
+
+    A ResNet checkpoint's classifier is dropped and the FCT modules and head keep their fresh
+    initialisation, so loading stays strict: every backbone weight must match.
+    """
+    if any(k.startswith('fct.') for k in state_dict):
+        return state_dict
+    backbone_keys = set(model.backbone.state_dict())
+    out = {f'backbone.{k}': v for k, v in state_dict.items() if k in backbone_keys}
+    for k, v in model.state_dict().items():
+        if not k.startswith('backbone.'):
+            out[k] = v
+    return out
+
+
+def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    num_taps = len(kwargs.get('taps', (1, 2, 3)))
+    return build_model_with_cfg(
+        FctResNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(num_taps))),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': '',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'min_input_size': (3, 32, 32),
+        'crop_pct': 0.95, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'backbone.conv1', 'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+def _cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
+    return _cfg(
+        num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), min_input_size=(3, 8, 8),
+        crop_pct=1.0, interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
+
+
+def _backbone_cfg(hf_hub_id: str) -> Dict[str, Any]:
+    """ImageNet weights for the backbone only; the FCT modules and classifier start fresh."""
+    return _cfg(hf_hub_id=hf_hub_id, test_input_size=(3, 288, 288))
+
+
+default_cfgs = generate_default_cfgs({
+    'resnet18_fct_bn.a1_in1k_backbone': _backbone_cfg('timm/resnet18.a1_in1k'),
+    'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('timm/resnet18.a1_in1k'),
+    'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('timm/resnet50.a1_in1k'),
+    'resnet50_fct_ln.a1_in1k_backbone': _backbone_cfg('timm/resnet50.a1_in1k'),
+    'resnet18_fct_bn_cifar': _cifar_cfg(),
+    'resnet18_fct_ln_cifar': _cifar_cfg(),
+    'resnet50_fct_bn_cifar': _cifar_cfg(),
+    'resnet50_fct_ln_cifar': _cifar_cfg(),
+})
+
+
+def _fct_model(variant: str, backbone: str, norm: str, pretrained: bool, **kwargs: Any) -> FctResNet:
+    model_args = dict(backbone=backbone, norm=norm)
+    return _create_fct(variant, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet18_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """ResNet-18 with BatchNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
+    return _fct_model('resnet18_fct_bn', 'resnet18', 'bn', pretrained, **kwargs)
+
+
+@register_model
+def resnet18_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """ResNet-18 with LayerNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
+    return _fct_model('resnet18_fct_ln', 'resnet18', 'ln', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """ResNet-50 with BatchNorm FCT modules: the paper's best model ('ours (with BN)' / 'pre-trained')."""
+    return _fct_model('resnet50_fct_bn', 'resnet50', 'bn', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """ResNet-50 with LayerNorm FCT modules ('ours (with LN)')."""
+    return _fct_model('resnet50_fct_ln', 'resnet50', 'ln', pretrained, **kwargs)
+
+
+@register_model
+def resnet18_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """ResNet-18 with the CIFAR stem and BatchNorm FCT modules, for 32x32 inputs."""
+    return _fct_model('resnet18_fct_bn_cifar', 'resnet18_cifar', 'bn', pretrained, **kwargs)
+
+
+@register_model
+def resnet18_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """ResNet-18 with the CIFAR stem and LayerNorm FCT modules, for 32x32 inputs."""
+    return _fct_model('resnet18_fct_ln_cifar', 'resnet18_cifar', 'ln', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """The paper's 'ours (with BN)' row: CIFAR stem, BatchNorm FCT modules, trained from scratch."""
+    return _fct_model('resnet50_fct_bn_cifar', 'resnet50_cifar', 'bn', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+    """The paper's 'ours (with LN)' row: CIFAR stem, LayerNorm FCT modules, trained from scratch."""
+    return _fct_model('resnet50_fct_ln_cifar', 'resnet50_cifar', 'ln', pretrained, **kwargs)
