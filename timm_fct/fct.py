@@ -438,54 +438,57 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _fct_model(variant: str, backbone: str, norm: str, pretrained: bool, **kwargs: Any) -> FctResNet:
-    model_args = dict(backbone=backbone, norm=norm)
-    return _create_fct(variant, pretrained, **dict(model_args, **kwargs))
-
-
 @register_model
 def resnet18_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """ResNet-18 with BatchNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
-    return _fct_model('resnet18_fct_bn', 'resnet18', 'bn', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18', norm='bn')
+    return _create_fct('resnet18_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet18_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """ResNet-18 with LayerNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
-    return _fct_model('resnet18_fct_ln', 'resnet18', 'ln', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18', norm='ln')
+    return _create_fct('resnet18_fct_ln', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """ResNet-50 with BatchNorm FCT modules: the paper's best model ('ours (with BN)' / 'pre-trained')."""
-    return _fct_model('resnet50_fct_bn', 'resnet50', 'bn', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50', norm='bn')
+    return _create_fct('resnet50_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """ResNet-50 with LayerNorm FCT modules ('ours (with LN)')."""
-    return _fct_model('resnet50_fct_ln', 'resnet50', 'ln', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50', norm='ln')
+    return _create_fct('resnet50_fct_ln', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet18_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """ResNet-18 with the CIFAR stem and BatchNorm FCT modules, for 32x32 inputs."""
-    return _fct_model('resnet18_fct_bn_cifar', 'resnet18_cifar', 'bn', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18_cifar', norm='bn')
+    return _create_fct('resnet18_fct_bn_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet18_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """ResNet-18 with the CIFAR stem and LayerNorm FCT modules, for 32x32 inputs."""
-    return _fct_model('resnet18_fct_ln_cifar', 'resnet18_cifar', 'ln', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18_cifar', norm='ln')
+    return _create_fct('resnet18_fct_ln_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """The paper's 'ours (with BN)' row: CIFAR stem, BatchNorm FCT modules, trained from scratch."""
-    return _fct_model('resnet50_fct_bn_cifar', 'resnet50_cifar', 'bn', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50_cifar', norm='bn')
+    return _create_fct('resnet50_fct_bn_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
     """The paper's 'ours (with LN)' row: CIFAR stem, LayerNorm FCT modules, trained from scratch."""
-    return _fct_model('resnet50_fct_ln_cifar', 'resnet50_cifar', 'ln', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50_cifar', norm='ln')
+    return _create_fct('resnet50_fct_ln_cifar', pretrained, **dict(model_args, **kwargs))

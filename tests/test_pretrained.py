@@ -1,0 +1,106 @@
+"""The pretrained paths, proven offline: ImageNet backbone weights from a Hub cache, and our own checkpoints."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from timm_fct.fct import checkpoint_filter_fn
+
+COMMIT = '0123456789abcdef0123456789abcdef01234567'
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, files: dict) -> Path:
+    """Lay files out as huggingface_hub's cache does after a download of repo_id at COMMIT."""
+    repo_dir = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    snapshot = repo_dir / 'snapshots' / COMMIT
+    snapshot.mkdir(parents=True)
+    (repo_dir / 'refs').mkdir()
+    (repo_dir / 'refs' / 'main').write_text(COMMIT)
+    for name, writer in files.items():
+        writer(snapshot / name)
+    return snapshot
+
+
+def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
+    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def resnet18_hub_cache(tmp_path_factory):
+    """A stand-in for timm/resnet18.a1_in1k: real ResNet-18 weights (random, seeded) in the cache layout."""
+    hf_home = tmp_path_factory.mktemp('hf_home')
+    torch.manual_seed(0)
+    weights = timm.create_model('resnet18').state_dict()
+    snapshot = write_hub_cache(hf_home, 'timm/resnet18.a1_in1k', {
+        'model.safetensors': lambda p: save_file(weights, str(p)),
+        'config.json': lambda p: p.write_text(json.dumps({'architecture': 'resnet18', 'num_classes': 1000})),
+    })
+    return hf_home, snapshot / 'model.safetensors'
+
+
+def test_imagenet_backbone_loads_from_hub_cache_offline(resnet18_hub_cache, tmp_path):
+    hf_home, weights_file = resnet18_hub_cache
+    out = tmp_path / 'loaded.safetensors'
+    code = f"""
+import timm, timm_fct, torch
+from safetensors.torch import save_file
+model = timm.create_model('resnet18_fct_bn', pretrained=True, num_classes=10)
+assert model.pretrained_cfg['tag'] == 'a1_in1k_backbone', model.pretrained_cfg
+assert model.get_classifier().out_features == 10
+with torch.no_grad():
+    assert torch.isfinite(model.eval()(torch.randn(2, 3, 64, 64))).all()
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
+"""
+    result = run_offline(hf_home, code)
+    assert result.returncode == 0, result.stderr
+    hub = load_file(str(weights_file))
+    loaded = load_file(str(out))
+    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
+    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
+    for k, v in backbone.items():
+        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+    assert any(k.startswith('fct.') for k in loaded) and 'head.fc.weight' in loaded
+
+
+def test_imagenet_backbone_adapts_to_grayscale_offline(resnet18_hub_cache):
+    hf_home, _ = resnet18_hub_cache
+    code = """
+import timm, timm_fct
+model = timm.create_model('resnet18_fct_ln', pretrained=True, in_chans=1, num_classes=5)
+print(tuple(model.backbone.conv1.weight.shape))
+"""
+    result = run_offline(hf_home, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('(64, 1, 7, 7)')
+
+
+def test_offline_with_empty_cache_fails_fast_with_a_clear_error(tmp_path):
+    code = "import timm, timm_fct; timm.create_model('resnet18_fct_bn', pretrained=True)"
+    result = run_offline(tmp_path, code)
+    assert result.returncode != 0
+    assert 'resnet18.a1_in1k' in result.stderr and 'offline' in result.stderr.lower()
+
+
+def test_own_checkpoint_round_trips_through_timm_checkpoint_path(tmp_path):
+    model = timm.create_model('resnet18_fct_bn_cifar').eval()
+    path = tmp_path / 'fct.pth'
+    torch.save({'state_dict': model.state_dict()}, path)
+    reloaded = timm.create_model('resnet18_fct_bn_cifar', checkpoint_path=str(path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
+
+
+def test_filter_keeps_fct_checkpoints_and_maps_resnet_ones():
+    model = timm.create_model('resnet18_fct_bn')
+    own = model.state_dict()
+    assert checkpoint_filter_fn(own, model) is own
+    mapped = checkpoint_filter_fn(timm.create_model('resnet18').state_dict(), model)
+    assert set(mapped) == set(own)

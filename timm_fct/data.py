@@ -1,0 +1,132 @@
+"""Datasets and transforms shared by train.py and the report: timm's datasets plus an embedded default.
+
+The embedded default is scikit-learn's handwritten digits (1,797 real 8x8 images that ship inside the
+package), so training and evaluation run with no download at all.
+"""
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import create_dataset, create_transform
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+DIGITS = 'sklearn/digits'
+DIGITS_MEAN = (0.3053,) * 3  # of the training split, images scaled to [0, 1]
+DIGITS_STD = (0.3758,) * 3
+DIGITS_VAL_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+TORCH_DOWNLOADABLE = ('torch/cifar10', 'torch/cifar100')
+TRAIN_SPLITS = ('train', 'training')
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be built from what the user gave; the message says what was expected."""
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's digits as RGB PIL images, with a fixed stratified held-out split."""
+
+    def __init__(self, split: str = 'train', transform: Optional[Callable] = None):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        indices = np.arange(len(digits.target))
+        train_idx, val_idx = train_test_split(
+            indices, test_size=DIGITS_VAL_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=digits.target)
+        keep = train_idx if split in TRAIN_SPLITS else val_idx
+        self.images = (digits.images[keep] * (255.0 / 16.0)).round().astype(np.uint8)
+        self.targets = digits.target[keep].astype(np.int64).tolist()
+        self.classes = [str(c) for c in digits.target_names]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.images[index], mode='L').convert('RGB')
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+def build_dataset(
+        name: str,
+        data_dir: Optional[str],
+        split: str,
+        download: bool = False,
+) -> Dataset:
+    """One split of DIGITS, a torchvision dataset ('torch/cifar10', ...) or an ImageFolder tree (name '')."""
+    if name == DIGITS:
+        return DigitsDataset(split)
+    if name.startswith('torch/'):
+        if not data_dir:
+            raise DatasetError(f'--data-dir is required for {name} (where it is, or where to download it)')
+        if download and name not in TORCH_DOWNLOADABLE:
+            raise DatasetError(f'--dataset-download supports {", ".join(TORCH_DOWNLOADABLE)}, not {name}')
+        try:
+            return create_dataset(name, root=data_dir, split=split, download=download)
+        except AssertionError as e:  # timm's message for an unknown torchvision name
+            raise DatasetError(f'unknown dataset {name!r}: {e}') from None
+        except RuntimeError as e:  # torchvision: not found and not downloading
+            raise DatasetError(f'{name} not found in {data_dir} ({e}); add --dataset-download to fetch it') from None
+    if name:
+        raise DatasetError(
+            f"unknown dataset {name!r}: expected {DIGITS!r}, 'torch/<name>' (e.g. torch/cifar10) "
+            f"or '' with --data-dir pointing at an ImageFolder tree")
+    return _image_folder(data_dir, split)
+
+
+def _image_folder(data_dir: Optional[str], split: str) -> Dataset:
+    if not data_dir:
+        raise DatasetError('an ImageFolder dataset needs --data-dir')
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f'data folder {root} does not exist')
+    if not any(root.iterdir()):
+        raise DatasetError(f'data folder {root} is empty: expected class sub-folders of images')
+    try:
+        return create_dataset('', root=str(root), split=split)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise DatasetError(f'no images found under {root} for split {split!r}: {e}') from None
+
+
+def class_names(dataset: Dataset) -> List[str]:
+    """Label names in class-index order, for torchvision, timm ImageFolder and DIGITS datasets."""
+    classes = getattr(dataset, 'classes', None)
+    if classes:
+        return [str(c) for c in classes]
+    reader = getattr(dataset, 'reader', None)
+    class_to_idx = getattr(reader, 'class_to_idx', None)
+    if class_to_idx:
+        return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    raise DatasetError(f'cannot tell the class names of {type(dataset).__name__}')
+
+
+def pad_crop_flip_transform(
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        padding: int = 4,
+        hflip: bool = True,
+) -> Callable:
+    """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, horizontal flip."""
+    steps = [transforms.Resize(img_size), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
+    if hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float,
+                   interpolation: str = 'bilinear') -> Callable:
+    return create_transform(
+        img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
+
+
+def default_workers() -> int:
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
