@@ -11,13 +11,14 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 import timm
 
 import timm_fct  # noqa: F401  registers the models before timm's test file lists them
 
+REPO = Path(__file__).parent.parent
 UPSTREAM_DIR = Path(__file__).parent / 'upstream'
 UPSTREAM_FILE = 'test_models.py'
 OUR_MODULES = ('fct', 'resnet_cifar')
@@ -80,3 +81,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run train.py as a user would, in a subprocess."""
+    cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]
+    return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env})
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The main job, `python train.py` (embedded digits, resnet18_fct_bn_cifar), plus an EMA: run once per session.
+
+    Shared by all xdist workers through a lock, since it is the most expensive fixture of the suite.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp() if worker_id == 'master' else tmp_path_factory.getbasetemp().parent
+    run_dir = root / 'trained_run' / 'digits'
+    with FileLock(str(root / 'trained_run.lock')):
+        if not (run_dir / 'model_best.pth.tar').exists():
+            result = run_train('--model-ema', '--output', str(run_dir.parent), '--experiment', run_dir.name)
+            if result.returncode:
+                pytest.fail(f'train.py failed:\n{result.stdout}\n{result.stderr}')
+            (run_dir / 'stdout.txt').write_text(result.stdout)
+    return run_dir

@@ -24,6 +24,7 @@ SUMMARY = 'summary.csv'
 LAST = 'last.pth.tar'
 BEST = 'model_best.pth.tar'
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
+WEIGHT_CHOICES = ('auto', 'ema', 'raw')
 
 
 class RunError(ValueError):
@@ -149,11 +150,48 @@ def load_state(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: st
     model.load_state_dict(state_dict)
 
 
+@dataclass
+class TrainedRun:
+    """A trained model with where it came from and which of its weights were taken."""
+    model: nn.Module
+    info: RunInfo
+    checkpoint: Path
+    ema: bool
+    epoch: Optional[int]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoint.parent
+
+
+def use_ema_weights(ckpt: Dict[str, Any], run_dir: Path, weights: str) -> bool:
+    """'auto' takes the EMA weights only when the run's summary says they evaluated better."""
+    if weights not in WEIGHT_CHOICES:
+        raise RunError(f'weights must be one of {WEIGHT_CHOICES}, got {weights!r}')
+    has_ema = 'state_dict_ema' in ckpt
+    if weights == 'ema' and not has_ema:
+        raise RunError(f'the checkpoint in {run_dir} has no EMA weights (train with --model-ema)')
+    if weights == 'auto':
+        return has_ema and ema_evaluated_better(run_dir)
+    return weights == 'ema'
+
+
+def load_run(run: Union[str, Path], weights: str = 'auto') -> TrainedRun:
+    """The trained model (eval mode) of a run folder or checkpoint file, with EMA or raw weights."""
+    checkpoint = find_checkpoint(run)
+    ckpt = read_checkpoint(checkpoint)
+    info = run_info_for(checkpoint, ckpt)
+    ema = use_ema_weights(ckpt, checkpoint.parent, weights)
+    model = build_model(info)
+    load_state(model, ckpt['state_dict_ema' if ema else 'state_dict'], str(checkpoint))
+    return TrainedRun(model.eval(), info, checkpoint, ema, ckpt.get('epoch'))
+
+
 def load_trained_model(spec: Union[str, Path], use_ema: Optional[bool] = None) -> Tuple[nn.Module, RunInfo]:
     """A model in eval mode from a run folder, a checkpoint file, or an 'hf-hub:' / 'local-dir:' name.
 
-    use_ema: None takes the EMA weights when the checkpoint has them and the run's summary says they
-    evaluated better; True / False force the choice.
+    use_ema: None takes the EMA weights when the checkpoint has them and they evaluated better;
+    True / False force the choice.
     """
     spec = str(spec)
     if spec.startswith(HUB_PREFIXES):
@@ -164,16 +202,8 @@ def load_trained_model(spec: Union[str, Path], use_ema: Optional[bool] = None) -
             model=spec, num_classes=model.num_classes, label_names=list(labels),
             pretrained_cfg={k: cfg.get(k) for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')})
         return model, info
-    path = find_checkpoint(spec)
-    ckpt = read_checkpoint(path)
-    info = run_info_for(path, ckpt)
-    model = build_model(info)
-    if use_ema is None:
-        use_ema = 'state_dict_ema' in ckpt and ema_evaluated_better(path.parent)
-    if use_ema and 'state_dict_ema' not in ckpt:
-        raise RunError(f'{path} has no EMA weights (train with --model-ema)')
-    load_state(model, ckpt['state_dict_ema' if use_ema else 'state_dict'], str(path))
-    return model.eval(), info
+    trained = load_run(spec, 'auto' if use_ema is None else ('ema' if use_ema else 'raw'))
+    return trained.model, trained.info
 
 
 def ema_evaluated_better(run_dir: Path) -> bool:

@@ -1,0 +1,364 @@
+"""hub/: export a run in timm's Hub layout, load it back three ways offline, and push it with the network stubbed."""
+import csv
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Dict, List
+
+import huggingface_hub
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import timm_fct  # noqa: F401  registers the models
+from timm_fct.hub import NO_TOKEN, HubError, export, load_run, push, validate_export
+from timm_fct.runs import (
+    BEST, RunInfo, ema_evaluated_better, find_checkpoint, load_trained_model, read_checkpoint, read_run_info,
+)
+
+from .test_pretrained import run_offline, write_hub_cache
+
+ARCH = 'resnet18_fct_bn_cifar'
+REPO_ID = 'org/fct-digits'
+TOKEN = 'hf_secret_test_token_0123456789'
+EXPORTED_FILES = ['README.md', 'accuracy.png', 'config.json', 'confusion_matrix.png', 'model.safetensors']
+
+
+def _load_publish_cli():
+    spec = importlib.util.spec_from_file_location('publish', Path(__file__).parents[1] / 'hub' / 'publish.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+publish_cli = _load_publish_cli()
+
+
+def _save_plot(path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [55.0, 50.0])
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@pytest.fixture(scope='module')
+def exported(trained_run, tmp_path_factory) -> Path:
+    """The run exported once, with a report folder holding a confusion matrix."""
+    report = tmp_path_factory.mktemp('report')
+    _save_plot(report / 'confusion_matrix.png')
+    return export(trained_run, tmp_path_factory.mktemp('exported') / 'fct-digits', report_dir=report,
+                  repo_id=REPO_ID)
+
+
+@pytest.fixture(scope='module')
+def run_info(trained_run) -> RunInfo:
+    return read_run_info(trained_run)
+
+
+def publishes_ema(run: Path) -> bool:
+    """The issue's rule for --weights auto: EMA when the checkpoint has it and it evaluated better."""
+    return 'state_dict_ema' in read_checkpoint(find_checkpoint(run)) and ema_evaluated_better(run)
+
+
+def expected_metric_rows(run: Path) -> List[str]:
+    """The card's metric rows, computed straight from summary.csv."""
+    with open(run / 'summary.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    lines = []
+    for label, prefix in (('raw', 'eval_'), ('EMA', 'eval_ema_')):
+        if not rows[0].get(f'{prefix}top1'):
+            continue
+        top1, top5 = ([float(r[f'{prefix}{k}']) for r in rows] for k in ('top1', 'top5'))
+        name = label + (' (published)' if (label == 'EMA') == publishes_ema(run) else '')
+        lines.append(f'| {name} | {max(top1):.2f} | {max(top5):.2f} | {top1[-1]:.2f} | {top5[-1]:.2f} |')
+    return lines
+
+
+@pytest.fixture(scope='module')
+def reference(trained_run):
+    """A fixed batch and the logits of the trained model as runs.load_trained_model builds it."""
+    model, _ = load_trained_model(trained_run)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return x, model(x)
+
+
+@pytest.fixture(scope='module')
+def hub_cache(exported, tmp_path_factory) -> Path:
+    """HF_HOME whose hub cache holds REPO_ID as a download of the exported folder would leave it."""
+    hf_home = tmp_path_factory.mktemp('hf_home')
+    write_hub_cache(hf_home, REPO_ID, {
+        p.name: (lambda dst, src=p: shutil.copyfile(src, dst)) for p in exported.iterdir()})
+    return hf_home
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to resolve or connect fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('network access attempted')
+    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+    monkeypatch.setattr(socket.socket, 'connect', refuse)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, no_network) -> SimpleNamespace:
+    """HfApi's network methods replaced at their boundary: calls are recorded, answers are the Hub's shape."""
+    hub = SimpleNamespace(calls=[], has_card=False, commits=[])
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+
+    def file_exists(self, repo_id, filename, **kwargs):
+        hub.calls.append('file_exists')
+        return hub.has_card and filename == 'README.md'
+
+    def create_repo(self, repo_id, **kwargs):
+        hub.calls.append('create_repo')
+        assert kwargs.get('exist_ok') is True
+        return huggingface_hub.RepoUrl(f'https://huggingface.co/{repo_id}')
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        hub.calls.append('create_commit')
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        hub.commits.append(dict(repo_id=repo_id, token=self.token, files=files, **kwargs))
+        return SimpleNamespace(commit_url=f'https://huggingface.co/{repo_id}/commit/0123abc')
+
+    for name, fn in (('file_exists', file_exists), ('create_repo', create_repo), ('create_commit', create_commit)):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, fn)
+    return hub
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    for var in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_OIDC_RESOURCE'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_TOKEN_PATH', str(tmp_path / 'no-token'))
+
+
+def run_cli(capsys, *argv: str) -> SimpleNamespace:
+    rc = publish_cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(rc=rc, out=out, err=err)
+
+
+def test_export_writes_timm_hub_layout_with_run_config(exported, run_info):
+    assert sorted(p.name for p in exported.iterdir()) == EXPORTED_FILES
+    assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no temporary folder left
+    config = json.loads((exported / 'config.json').read_text())
+    assert config['architecture'] == run_info.model and config['num_classes'] == run_info.num_classes
+    assert config['label_names'] == run_info.label_names
+    assert config['model_args']['num_classes'] == run_info.num_classes
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
+        expected = run_info.pretrained_cfg[key]
+        assert config['pretrained_cfg'][key] == (list(expected) if isinstance(expected, tuple) else expected), key
+
+
+def test_model_card_describes_the_run(exported, trained_run, run_info):
+    card = (exported / 'README.md').read_text()
+    front_matter = card.split('---\n')[1]
+    for line in ('library_name: timm', 'license: apache-2.0', '- image-classification', '- timm'):
+        assert line in front_matter.splitlines()
+    assert 'Learning to Pay Multiple Attention with Fully Convolutional Transformers' in card
+    assert 'Mensah, Bah and Brink' in card
+    for row in expected_metric_rows(trained_run):
+        assert row in card
+    assert '](accuracy.png)' in card and '](confusion_matrix.png)' in card
+    assert run_info.dataset in card and (trained_run / 'args.yaml').read_text().strip() in card
+    assert f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)" in card
+
+
+@pytest.mark.parametrize('weights', ['auto', 'ema', 'raw'])
+def test_weights_flag_picks_ema_or_raw(trained_run, weights):
+    ckpt = read_checkpoint(find_checkpoint(trained_run))
+    if weights == 'ema' and 'state_dict_ema' not in ckpt:
+        pytest.skip('run trained without --model-ema')
+    ema = weights == 'ema' or (weights == 'auto' and publishes_ema(trained_run))
+    expected = ckpt['state_dict_ema' if ema else 'state_dict']
+    for name, tensor in load_run(trained_run, weights).model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_exported_weights_are_the_better_evaluated_ones(trained_run, exported):
+    ckpt = read_checkpoint(find_checkpoint(trained_run))
+    expected = ckpt['state_dict_ema' if publishes_ema(trained_run) else 'state_dict']
+    weights = load_file(str(exported / 'model.safetensors'))
+    assert set(weights) == set(expected)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_local_dir_loads_with_identical_logits(exported, reference, run_info):
+    x, logits = reference
+    model = timm.create_model(f'local-dir:{exported}', pretrained=True).eval()
+    assert model.pretrained_cfg['label_names'] == run_info.label_names
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), logits, rtol=0, atol=0)
+
+
+HUB_LOADS = {
+    'hf-hub': f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)",
+    'registered-tag': (  # the run's preprocessing and labels, as a default_cfgs entry in fct.py would state them
+        "timm.create_model(register_pretrained_tag("
+        f"info.model, 'digits', '{REPO_ID}', num_classes=info.num_classes, label_names=info.label_names, "
+        "**info.pretrained_cfg), pretrained=True)"),
+}
+
+
+@pytest.mark.parametrize('create', HUB_LOADS.values(), ids=HUB_LOADS.keys())
+def test_hub_cache_loads_offline_with_identical_logits(create, hub_cache, reference, trained_run, tmp_path):
+    x, logits = reference
+    torch.save(x, tmp_path / 'x.pt')
+    code = f"""
+import timm, timm_fct, torch
+from timm_fct.hub import register_pretrained_tag
+from timm_fct.runs import read_run_info
+torch.set_num_threads({torch.get_num_threads()})
+info = read_run_info({str(trained_run)!r})
+model = {create}.eval()
+assert model.pretrained_cfg['label_names'] == info.label_names, model.pretrained_cfg
+with torch.no_grad():
+    torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'logits.pt')!r})
+"""
+    result = run_offline(hub_cache, code)
+    assert result.returncode == 0, result.stderr
+    torch.testing.assert_close(torch.load(tmp_path / 'logits.pt'), logits, rtol=0, atol=0)
+
+
+def test_registered_tag_is_listed_as_pretrained(tmp_path):
+    code = f"""
+import timm, timm_fct
+from timm_fct.hub import register_pretrained_tag
+name = register_pretrained_tag('{ARCH}', 'digits', '{REPO_ID}')
+assert name in timm.list_models(pretrained=True), name
+assert timm.get_pretrained_cfg(name).hf_hub_id == '{REPO_ID}'
+"""
+    result = run_offline(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+
+
+def test_push_sends_the_export_as_one_commit(fake_hub, trained_run, run_info, exported, capsys):
+    result = run_cli(capsys, trained_run, '--repo-id', REPO_ID)
+    assert result.rc == 0, result.err
+    assert fake_hub.calls == ['file_exists', 'create_repo', 'create_commit']
+    commit, = fake_hub.commits
+    assert commit['repo_id'] == REPO_ID and commit['token'] == TOKEN
+    assert commit['commit_message'] == f'Add {run_info.model} weights trained with timm-fct {timm_fct.__version__}'
+    assert sorted(commit['files']) == [f for f in EXPORTED_FILES if f != 'confusion_matrix.png']
+    assert commit['files']['model.safetensors'] == (exported / 'model.safetensors').read_bytes()
+    assert f'hf-hub:{REPO_ID}' in commit['files']['README.md'].decode()
+    assert f'published {REPO_ID}' in result.out
+    assert TOKEN not in result.out + result.err
+
+
+def test_push_keeps_an_existing_model_card_unless_told(fake_hub, exported):
+    fake_hub.has_card = True
+    with pytest.raises(HubError, match='already has a model card.*--overwrite-card'):
+        push(exported, REPO_ID)
+    assert fake_hub.calls == ['file_exists'] and not fake_hub.commits
+    push(exported, REPO_ID, overwrite_card=True)
+    assert 'README.md' in fake_hub.commits[0]['files']
+
+
+def test_dry_run_lists_the_upload_without_network_or_token(no_network, no_token, trained_run, capsys):
+    result = run_cli(capsys, trained_run, '--repo-id', REPO_ID, '--dry-run')
+    assert result.rc == 0, result.err
+    assert f'would upload to https://huggingface.co/{REPO_ID}' in result.out
+    size = (trained_run / 'accuracy.png').stat().st_size
+    assert re.search(rf'accuracy\.png +{size / 1e3:.1f} kB', result.out), result.out
+    assert re.search(r'model\.safetensors +\d+\.\d MB', result.out), result.out
+    assert 'nothing was sent' in result.out
+
+
+def _missing(run: Path, tmp: Path) -> Path:
+    return tmp / 'no-such-run'
+
+
+def _truncated(run: Path, tmp: Path) -> Path:
+    copy = shutil.copytree(run, tmp / 'truncated-run')
+    data = (run / BEST).read_bytes()
+    (copy / BEST).write_bytes(data[:len(data) // 2])
+    return copy
+
+
+def _other_architecture(run: Path, tmp: Path) -> Path:
+    copy = shutil.copytree(run, tmp / 'other-arch-run')
+    torch.save({'state_dict': timm.create_model('resnet18_cifar').state_dict()}, copy / BEST)
+    return copy
+
+
+BAD_RUNS: Dict[str, tuple] = {
+    'missing': (_missing, 'does not exist'),
+    'truncated': (_truncated, 'truncated'),
+    'other-architecture': (_other_architecture, 'another architecture'),
+}
+
+
+@pytest.mark.parametrize('make, message', BAD_RUNS.values(), ids=BAD_RUNS.keys())
+def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message, trained_run, tmp_path, capsys):
+    run = make(trained_run, tmp_path)
+    before = sorted(tmp_path.iterdir())
+    result = run_cli(capsys, run, '--out', tmp_path / 'export')
+    assert result.rc == 1 and message in result.err, result.err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def _edit_config(folder: Path) -> None:
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args']['num_classes'] = 5
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+def _truncate_weights(folder: Path) -> None:
+    data = (folder / 'model.safetensors').read_bytes()
+    (folder / 'model.safetensors').write_bytes(data[:len(data) // 2])
+
+
+BAD_EXPORTS = {
+    'config-of-another-head': (_edit_config, 'model.safetensors does not match config.json'),
+    'truncated-weights': (_truncate_weights, 'cannot be read'),
+}
+
+
+@pytest.mark.parametrize('damage, message', BAD_EXPORTS.values(), ids=BAD_EXPORTS.keys())
+def test_export_not_matching_its_config_is_refused_before_upload(damage, message, exported, fake_hub, tmp_path):
+    folder = shutil.copytree(exported, tmp_path / 'export')
+    damage(folder)
+    with pytest.raises(HubError, match=message):
+        validate_export(folder)
+    with pytest.raises(HubError, match=message):
+        push(folder, REPO_ID)
+    assert fake_hub.calls == []
+
+
+@pytest.mark.parametrize('repo_id', ['fct-digits', 'org/fct/digits', 'org/fct digits', 'org/-fct', 'org/a--b'])
+def test_malformed_repo_id_is_refused_up_front(repo_id, no_network, trained_run, tmp_path, capsys):
+    start = time.monotonic()
+    result = run_cli(capsys, trained_run, '--repo-id', repo_id, '--out', tmp_path / 'export')
+    assert result.rc == 1 and f'malformed repo id {repo_id!r}' in result.err, result.err
+    assert list(tmp_path.iterdir()) == []
+    assert time.monotonic() - start < 5
+
+
+def test_push_without_token_says_how_to_log_in(no_token, no_network, trained_run, exported, tmp_path, capsys):
+    result = run_cli(capsys, trained_run, '--repo-id', REPO_ID, '--out', tmp_path / 'export')
+    assert result.rc == 1 and NO_TOKEN in result.err, result.err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(HubError, match='no Hugging Face token'):
+        push(exported, REPO_ID)
+
+
+def test_offline_with_empty_cache_fails_fast_naming_repo_and_cause(tmp_path):
+    start = time.monotonic()
+    result = run_offline(tmp_path, f"import timm, timm_fct; timm.create_model('hf-hub:{REPO_ID}', pretrained=True)")
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert REPO_ID in result.stderr and 'HF_HUB_OFFLINE' in result.stderr, result.stderr
+    assert elapsed < 20, f'took {elapsed:.1f} s'

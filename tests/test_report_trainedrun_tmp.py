@@ -1,0 +1,338 @@
+"""The evaluation report: metrics that add up, maps that point at the evidence, a page a browser shows."""
+import contextlib
+import csv
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import timm_fct  # noqa: F401  registers the models
+from timm_fct import report
+from timm_fct.data import DIGITS, DIGITS_MEAN, DIGITS_STD, DigitsDataset, eval_transform
+from timm_fct.runs import BEST, SUMMARY, RunInfo, write_run_info
+
+MODEL = 'resnet18_fct_bn_cifar'
+IMG_SIZE = 32
+EVAL_IMAGES = 96  # --max-images for the CLI runs: enough for every digit, quick on two cores
+REPORT_FILES = {'metrics.json', 'metrics.md', 'confusion_matrix.png', 'gradcam.png', 'attention.png', 'index.html'}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Test machines run several suites on two cores; more threads than free cores thrash (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def single_threaded_tests():
+    with one_thread():
+        yield
+
+
+def make_digits_run(run_dir: Path, steps: int = 40, batch_size: int = 16) -> Path:
+    """A train.py-style run folder: the FCT model after a few Adam steps on the embedded digits.
+
+    Stands in for the `trained_run` fixture until train.py exists; only the files report.py reads.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, num_classes=10)
+    transform = eval_transform(IMG_SIZE, DIGITS_MEAN, DIGITS_STD, crop_pct=1.0)
+    loader = DataLoader(DigitsDataset('train', transform), batch_size=batch_size, shuffle=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    batches = iter(())
+    for _ in range(steps):
+        images, targets = next(batches, None) or next(batches := iter(loader))
+        loss = F.cross_entropy(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    run_dir.mkdir(parents=True)
+    write_run_info(run_dir, RunInfo(
+        model=MODEL, num_classes=10, label_names=[str(i) for i in range(10)], dataset=DIGITS,
+        pretrained_cfg=dict(input_size=(3, IMG_SIZE, IMG_SIZE), mean=DIGITS_MEAN, std=DIGITS_STD,
+                            crop_pct=1.0, interpolation='bilinear')))
+    with open(run_dir / SUMMARY, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_time'])
+        writer.writerow([0, loss.item(), loss.item(), 0.0, 0.0, 1e-3, 0.0])
+    torch.save({'state_dict': model.state_dict(), 'arch': MODEL, 'epoch': 0}, run_dir / BEST)
+    return run_dir
+
+
+@pytest.fixture(scope='session')
+def digits_run(tmp_path_factory, request) -> Path:
+    """Replace with conftest's `trained_run` once train.py writes run folders."""
+    with one_thread():
+        return request.getfixturevalue("trained_run")
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, '-m', 'timm_fct.report', *args, '-j', '0', '--num-images', '4']
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # as one_thread, for the child process
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1], env=env)
+
+
+def leftovers(parent: Path) -> list:
+    """Hidden temporary folders a failed or finished report might have left beside its --out."""
+    return [p.name for p in parent.iterdir() if p.name.startswith('.') and p.name.endswith('.tmp')]
+
+
+@pytest.fixture(scope='module')
+def single_report(digits_run, tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp('reports') / 'report'
+    result = run_report(str(digits_run), '--out', str(out), '--max-images', str(EVAL_IMAGES))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_cli_writes_the_whole_report_with_a_progress_bar(single_report, digits_run):
+    out, result = single_report
+    assert {p.name for p in out.iterdir()} == REPORT_FILES
+    assert leftovers(out.parent) == []
+    assert re.search(rf'evaluating {re.escape(digits_run.name)}: 100%\|.*\| 1/1', result.stderr), result.stderr
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['num_images'] == EVAL_IMAGES
+    assert metrics['top1'] > 20, 'the trained model should beat chance (10%)'
+    assert metrics['top1'] <= metrics['top5'] <= 100
+    md = (out / 'metrics.md').read_text()
+    assert f"| {digits_run.name} | {MODEL} | {EVAL_IMAGES} | {metrics['top1']:.2f} |" in md
+    assert md.count('\n| ') >= 1 + 10 + 1  # summary row, a row per class, at least a header of confusions
+
+
+def test_confusion_matrix_sums_to_the_evaluated_images(single_report):
+    metrics = json.loads((single_report[0] / 'metrics.json').read_text())
+    cm = np.array(metrics['confusion_matrix'])
+    assert cm.shape == (10, 10) and cm.sum() == metrics['num_images'] == EVAL_IMAGES
+    assert metrics['top1'] == pytest.approx(100 * np.trace(cm) / cm.sum())
+    for c, row in enumerate(metrics['per_class']):
+        assert row['class'] == str(c)
+        assert (row['support'], row['correct']) == (cm[c].sum(), cm[c, c])
+        assert row['accuracy'] == pytest.approx(100 * cm[c, c] / cm[c].sum())
+    for pair in metrics['most_confused']:
+        assert cm[int(pair['true']), int(pair['predicted'])] == pair['count'] > 0
+
+
+def test_metrics_of_known_predictions():
+    targets = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    topk = np.array([[0, 1], [1, 0], [1, 2], [1, 0], [1, 2], [2, 0], [0, 1], [1, 2]])
+    ev = report.Evaluation(targets, topk, confidence=np.full(8, 0.5), loss=1.0)
+    metrics = report.compute_metrics(ev, ['cat', 'dog', 'owl', 'emu'])
+    assert metrics['confusion_matrix'] == [[1, 2, 0, 0], [0, 2, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]]
+    assert metrics['top1'] == pytest.approx(100 * 4 / 8)
+    assert metrics['top5'] == pytest.approx(100 * 6 / 8)  # top-2 here: only 2 predictions per image
+    assert [c['accuracy'] for c in metrics['per_class']] == pytest.approx([100 / 3, 100, 100 / 3, None])
+    assert metrics['most_confused'] == [{'true': 'cat', 'predicted': 'dog', 'count': 2},
+                                        {'true': 'owl', 'predicted': 'cat', 'count': 1},
+                                        {'true': 'owl', 'predicted': 'dog', 'count': 1}]
+
+
+class ColourEvidenceNet(nn.Module):
+    """Class 0 is evidenced by red, class 1 by green, wherever they are: a ResNet-shaped stand-in
+    (layer4, global pool, fc) whose class evidence in an image is known exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer4 = nn.Conv2d(3, 2, 1, bias=False)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.layer4.weight.copy_(torch.eye(3)[:2, :, None, None])
+            self.fc.weight.copy_(torch.eye(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.layer4(x)).mean(dim=(2, 3)))
+
+
+def test_gradcam_points_at_the_class_evidence():
+    """A red square top-left and a green one bottom-right on a non-square image (a transposed map fails)."""
+    h, w = 24, 40
+    image = torch.zeros(1, 3, h, w)
+    image[0, 0, 2:10, 3:15] = 1.0  # red: class 0
+    image[0, 1, 14:22, 25:37] = 1.0  # green: class 1
+    model = ColourEvidenceNet().eval()
+    cams = report.gradcam_maps(model, image.repeat(2, 1, 1, 1), [0, 1])
+    assert cams.shape == (2, h, w)
+    top_left, bottom_right = (slice(0, h // 2), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))
+    assert cams[0][top_left].sum() / cams[0].sum() > 0.9
+    assert cams[1][bottom_right].sum() / cams[1].sum() > 0.9
+
+
+def test_gradcam_targets_the_last_backbone_stage():
+    fct = timm.create_model(MODEL, num_classes=10)
+    assert report.gradcam_target_layer(fct) is fct.backbone.layer4
+    resnet = timm.create_model('resnet18_cifar', num_classes=10)
+    assert report.gradcam_target_layer(resnet) is resnet.layer4
+
+
+@pytest.mark.parametrize('height,width', [(32, 32), (32, 48)])
+def test_attention_maps_have_each_taps_kv_shape(height, width):
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, num_classes=10).eval()
+    attention, outputs = report.fct_tap_maps(model, torch.randn(2, 3, height, width))
+    assert len(attention) == len(outputs) == len(model.taps)
+    for block, info, attn, out in zip(model.fct, model.feature_info, attention, outputs):
+        tap_grid = (-(-height // info['reduction']), -(-width // info['reduction']))  # FCT output of this tap
+        kv_stride = block.attn.k_conv.conv.stride[0]
+        assert out.shape == (2, *tap_grid)
+        assert attn.shape == (2, -(-tap_grid[0] // kv_stride), -(-tap_grid[1] // kv_stride))
+        assert torch.allclose(attn.sum(dim=(1, 2)), torch.ones(2))  # a distribution over K/V positions
+
+
+def test_attention_weights_are_those_the_model_applies():
+    """weights @ V must give what the model's own scaled_dot_product_attention gave."""
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, num_classes=10).eval()
+    attn = model.fct[1].attn
+    seen = {}
+    hooks = [getattr(attn, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in 'qkv']
+    hooks.append(attn.proj.register_forward_hook(lambda m, i, o: seen.__setitem__('sdpa', i[0])))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    weights = report.attention_weights(seen['q'], seen['k'], attn.num_heads)
+    v = report._to_tokens(seen['v'], attn.num_heads)
+    B, C, H, W = seen['sdpa'].shape
+    assert torch.allclose((weights @ v).transpose(-1, -2).reshape(B, C, H, W), seen['sdpa'], atol=1e-5)
+
+
+def truncated_checkpoint(digits_run: Path, tmp_path: Path) -> Path:
+    path = tmp_path / 'broken' / 'model_best.pth.tar'
+    path.parent.mkdir()
+    path.write_bytes((digits_run / BEST).read_bytes()[:4096])
+    return path
+
+
+@pytest.mark.parametrize('case,message', [
+    ('missing', 'does not exist'),
+    ('truncated', 'cannot be read'),
+    ('dataset', '--data-dir is required'),
+    ('exists', 'already exists'),
+])
+def test_unusable_input_exits_2_with_a_clear_error_and_no_report(case, message, digits_run, tmp_path, capsys):
+    out = tmp_path / 'report'
+    spec, extra = str(digits_run), []
+    if case == 'missing':
+        spec = str(tmp_path / 'nowhere' / 'model_best.pth.tar')
+    elif case == 'truncated':
+        spec = str(truncated_checkpoint(digits_run, tmp_path))
+    elif case == 'dataset':
+        extra = ['--dataset', 'torch/cifar10']
+    else:
+        out.mkdir()
+    assert report.main([spec, '--out', str(out), '-j', '0', *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and message in err and 'Traceback' not in err
+    assert out.exists() == (case == 'exists') and leftovers(tmp_path) == []
+
+
+@pytest.fixture(scope='module')
+def baseline_checkpoint(tmp_path_factory) -> Path:
+    """An untrained plain ResNet, saved as a bare checkpoint file with its architecture name (no run.json)."""
+    path = tmp_path_factory.mktemp('baseline') / 'resnet18_cifar.pth.tar'
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_cifar', num_classes=10)
+    torch.save({'state_dict': model.state_dict(), 'arch': 'resnet18_cifar'}, path)
+    return path
+
+
+def test_several_models_are_compared_side_by_side(digits_run, baseline_checkpoint, tmp_path):
+    out = tmp_path / 'comparison'
+    assert report.main([str(digits_run), str(baseline_checkpoint), '--out', str(out), '--max-images', '40',
+                        '--num-images', '2', '-j', '0']) == 0
+    rows = json.loads((out / 'comparison.json').read_text())
+    baseline_name = f'{baseline_checkpoint.parent.name}/{baseline_checkpoint.name}'
+    assert [(r['name'], r['arch'], r['num_images']) for r in rows] == [
+        (digits_run.name, MODEL, 40), (baseline_name, 'resnet18_cifar', 40)]
+    table = (out / 'comparison.md').read_text()
+    for r in rows:
+        assert f"| {r['name']} | {r['arch']} | 40 | {r['top1']:.2f} | {r['top5']:.2f} |" in table
+        assert json.loads((out / r['folder'] / 'metrics.json').read_text())['top1'] == r['top1']
+    assert (out / 'comparison.png').stat().st_size > 0
+    assert (out / rows[0]['folder'] / 'attention.png').is_file()
+    assert not (out / rows[1]['folder'] / 'attention.png').exists()  # no FCT modules, no attention maps
+    page = (out / 'index.html').read_text()
+    assert 'src="comparison.png"' in page and f'src="{rows[1]["folder"]}/gradcam.png"' in page
+
+
+CHECK_PAGE = """<!DOCTYPE html><html><body>
+<iframe id="report" src="report/index.html" width="1200" height="800"></iframe>
+<script>
+const frame = document.getElementById('report');
+frame.addEventListener('load', () => {
+  const doc = frame.contentDocument;
+  const images = [...doc.images];
+  Promise.all(images.map(i => i.complete ? 0 : new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => {
+    const out = document.createElement('pre');
+    out.id = 'result';
+    out.textContent = JSON.stringify({
+      title: doc.title,
+      headings: [...doc.querySelectorAll('h2, h3')].map(h => h.textContent),
+      tables: doc.querySelectorAll('table').length,
+      images: images.map(i => ({src: i.getAttribute('src'), width: i.naturalWidth})),
+    });
+    document.body.appendChild(out);
+  });
+});
+</script></body></html>
+"""
+
+
+def chromium() -> str:
+    found = shutil.which('chromium') or shutil.which('chromium-browser')
+    if not found:
+        pytest.skip('chromium not found: apt-get install -y chromium')
+    return found
+
+
+def test_index_html_shows_everything_in_a_headless_browser(single_report, digits_run, tmp_path):
+    """Served over HTTP, so the checker page may read the report's DOM in its iframe (same origin)."""
+    browser = chromium()
+    site = tmp_path / 'site'
+    shutil.copytree(single_report[0], site / 'report')
+    (site / 'check.html').write_text(CHECK_PAGE)
+    handler = functools.partial(QuietHandler, directory=str(site))
+    with http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            dom = subprocess.run([
+                browser, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                f'--user-data-dir={tmp_path / "profile"}', '--run-all-compositor-stages-before-draw',
+                '--virtual-time-budget=10000', '--dump-dom', f'http://127.0.0.1:{server.server_port}/check.html',
+            ], capture_output=True, text=True, timeout=120).stdout
+        finally:
+            server.shutdown()
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    assert found, f'the checker page did not finish: {dom[-2000:]}'
+    page = json.loads(found.group(1).replace('&quot;', '"').replace('&amp;', '&'))
+    assert page['title'] == f'Evaluation report: {digits_run.name}'
+    assert {'Confusion matrix', 'Grad-CAM', 'FCT attention per tapped stage', 'Per-class accuracy'} <= set(
+        page['headings'])
+    assert page['tables'] == 3
+    assert {i['src'] for i in page['images']} == {'confusion_matrix.png', 'gradcam.png', 'attention.png'}
+    assert all(i['width'] > 200 for i in page['images']), page['images']
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        pass
