@@ -12,7 +12,6 @@ gradient clipping at global norm 1, cross-entropy, 4-pixel pad-and-crop plus hor
 import argparse
 import logging
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext

@@ -14,10 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from timm_fct.hub import (
-    WEIGHT_CHOICES, check_repo_id, commit_message_for, export, push, require_token, upload_plan,
-)
-from timm_fct.runs import RunError
+from timm_fct.hub import check_repo_id, commit_message_for, export, push, require_token, upload_plan
+from timm_fct.runs import WEIGHT_CHOICES, RunError
 
 
 def build_parser() -> argparse.ArgumentParser:

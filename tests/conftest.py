@@ -4,7 +4,6 @@ timm's tests/test_models.py is not in the wheel; the source distribution on the 
 It is fetched with pip for exactly the installed timm version, cached under tests/upstream/ (ignored by
 git), and collected like our own tests, keeping only the cases it parametrizes with our models.
 """
-import io
 import os
 import subprocess
 import sys
@@ -60,6 +59,12 @@ def our_models(include_tags: bool = False) -> List[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     _fetch_upstream_tests()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        # one core per worker: torch's default threads on top of another worker thrash (measured 10x slower);
+        # the environment variable carries the setting into the train.py / report subprocesses
+        os.environ['OMP_NUM_THREADS'] = '1'
+        import torch
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

@@ -11,7 +11,6 @@ their pooled outputs. Where each equation of the paper lives:
 * eqs. 5 and 9, FL(N(z)) + z with FL = GELU(CONV) ......................................... `FocusLayer`
 * concatenation of the pooled FCT outputs, then the classifier ... `FctResNet.forward_features` / `head`
 """
-from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch

@@ -12,7 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import timm
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
@@ -26,7 +26,7 @@ from timm.models import _registry
 
 from . import __version__
 from .runs import (
-    WEIGHT_CHOICES, RunError, TrainedRun, best_metrics, load_run, load_state, read_summary,
+    RunError, TrainedRun, best_metrics, load_run, load_state, read_summary,
 )
 
 CONFIG = 'config.json'

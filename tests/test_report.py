@@ -1,10 +1,7 @@
 """The evaluation report: metrics that add up, maps that point at the evidence, a page a browser shows."""
-import contextlib
-import csv
 import functools
 import http.server
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,12 +15,11 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct import report
-from timm_fct.data import DIGITS, DIGITS_MEAN, DIGITS_STD, DigitsDataset, eval_transform
-from timm_fct.runs import BEST, SUMMARY, RunInfo, write_run_info
+
+from timm_fct.runs import BEST
 
 MODEL = 'resnet18_fct_bn_cifar'
 IMG_SIZE = 32
@@ -31,65 +27,15 @@ EVAL_IMAGES = 96  # --max-images for the CLI runs: enough for every digit, quick
 REPORT_FILES = {'metrics.json', 'metrics.md', 'confusion_matrix.png', 'gradcam.png', 'attention.png', 'index.html'}
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Test machines run several suites on two cores; more threads than free cores thrash (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module', autouse=True)
-def single_threaded_tests():
-    with one_thread():
-        yield
-
-
-def make_digits_run(run_dir: Path, steps: int = 40, batch_size: int = 16) -> Path:
-    """A train.py-style run folder: the FCT model after a few Adam steps on the embedded digits.
-
-    Stands in for the `trained_run` fixture until train.py exists; only the files report.py reads.
-    """
-    torch.manual_seed(0)
-    model = timm.create_model(MODEL, num_classes=10)
-    transform = eval_transform(IMG_SIZE, DIGITS_MEAN, DIGITS_STD, crop_pct=1.0)
-    loader = DataLoader(DigitsDataset('train', transform), batch_size=batch_size, shuffle=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    batches = iter(())
-    for _ in range(steps):
-        images, targets = next(batches, None) or next(batches := iter(loader))
-        loss = F.cross_entropy(model(images), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    run_dir.mkdir(parents=True)
-    write_run_info(run_dir, RunInfo(
-        model=MODEL, num_classes=10, label_names=[str(i) for i in range(10)], dataset=DIGITS,
-        pretrained_cfg=dict(input_size=(3, IMG_SIZE, IMG_SIZE), mean=DIGITS_MEAN, std=DIGITS_STD,
-                            crop_pct=1.0, interpolation='bilinear')))
-    with open(run_dir / SUMMARY, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_time'])
-        writer.writerow([0, loss.item(), loss.item(), 0.0, 0.0, 1e-3, 0.0])
-    torch.save({'state_dict': model.state_dict(), 'arch': MODEL, 'epoch': 0}, run_dir / BEST)
-    return run_dir
-
-
 @pytest.fixture(scope='session')
-def digits_run(tmp_path_factory, request) -> Path:
-    """Replace with conftest's `trained_run` once train.py writes run folders."""
-    with one_thread():
-        return request.getfixturevalue("trained_run")
+def digits_run(trained_run) -> Path:
+    """The main train.py job's run folder: a trained FCT model on the embedded digits."""
+    return trained_run
 
 
 def run_report(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, '-m', 'timm_fct.report', *args, '-j', '0', '--num-images', '4']
-    env = dict(os.environ, OMP_NUM_THREADS='1')  # as one_thread, for the child process
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1], env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
 
 
 def leftovers(parent: Path) -> list:
