@@ -114,12 +114,16 @@ def test_two_cpu_processes_with_gloo_stay_in_sync(tmp_path):
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
+    """Also runs the GPU-oriented paths that work on a CPU too: bf16 autocast and channels_last."""
     cfg = tmp_path / 'cfg.yaml'
     cfg.write_text('epochs: 1\nbatch_size: 96\nweight_decay: 0.0\n')
-    result = run_train('-c', str(cfg), *QUICK, '--output', str(tmp_path), '--experiment', 'c')  # QUICK: -b 64
+    result = run_train('-c', str(cfg), *QUICK, '--amp', '--channels-last', '--output', str(tmp_path),
+                       '--experiment', 'c')  # QUICK: -b 64
     assert result.returncode == 0, result.stderr
     args = yaml.safe_load((tmp_path / 'c' / 'args.yaml').read_text())
     assert (args['epochs'], args['batch_size'], args['weight_decay']) == (1, 64, 0.0)
+    assert args['amp'] and args['amp_dtype'] == 'bfloat16' and args['channels_last']
+    assert float(summary_rows(tmp_path / 'c')[0]['train_loss']) < 10
 
 
 @pytest.mark.parametrize('argv,message', [
