@@ -88,6 +88,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         items[:] = keep
 
 
+HUB_CACHE_COMMIT = '0123456789abcdef0123456789abcdef01234567'
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, files: dict) -> Path:
+    """Lay files out as huggingface_hub's cache does after a download of repo_id at HUB_CACHE_COMMIT."""
+    repo_dir = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    snapshot = repo_dir / 'snapshots' / HUB_CACHE_COMMIT
+    snapshot.mkdir(parents=True)
+    (repo_dir / 'refs').mkdir()
+    (repo_dir / 'refs' / 'main').write_text(HUB_CACHE_COMMIT)
+    for name, writer in files.items():
+        writer(snapshot / name)
+    return snapshot
+
+
+def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
+    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+
+
 def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     """Run train.py as a user would, in a subprocess."""
     cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]

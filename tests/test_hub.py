@@ -22,7 +22,7 @@ from timm_fct.runs import (
     BEST, RunInfo, ema_evaluated_better, find_checkpoint, load_trained_model, read_checkpoint, read_run_info,
 )
 
-from .test_pretrained import run_offline, write_hub_cache
+from tests.conftest import run_offline, write_hub_cache
 
 ARCH = 'resnet18_fct_bn_cifar'
 REPO_ID = 'org/fct-digits'

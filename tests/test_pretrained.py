@@ -1,36 +1,13 @@
 """The pretrained paths, proven offline: ImageNet backbone weights from a Hub cache, and our own checkpoints."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import run_offline, write_hub_cache
 from timm_fct.fct import checkpoint_filter_fn
-
-COMMIT = '0123456789abcdef0123456789abcdef01234567'
-
-
-def write_hub_cache(hf_home: Path, repo_id: str, files: dict) -> Path:
-    """Lay files out as huggingface_hub's cache does after a download of repo_id at COMMIT."""
-    repo_dir = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
-    snapshot = repo_dir / 'snapshots' / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo_dir / 'refs').mkdir()
-    (repo_dir / 'refs' / 'main').write_text(COMMIT)
-    for name, writer in files.items():
-        writer(snapshot / name)
-    return snapshot
-
-
-def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
-    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
-
 
 @pytest.fixture(scope='module')
 def resnet18_hub_cache(tmp_path_factory):
