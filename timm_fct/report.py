@@ -378,7 +378,7 @@ def plot_attention_grid(images: np.ndarray, attention: List[np.ndarray], outputs
                 ax.set_title(title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=8)
-    fig.suptitle('Where each FCT module attends, coarse (early taps) to fine (late taps)')
+    fig.suptitle('Where each FCT module attends, per tapped stage (the paper reports coarse to fine)')
     save_figure(fig, path)
 
 
