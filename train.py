@@ -38,7 +38,8 @@ from timm_fct.data import (
 )
 from timm_fct.plots import plot_curves
 from timm_fct.runs import (
-    BEST, LAST, SUMMARY, RunError, RunInfo, atomic_write, load_state, read_checkpoint, read_summary, write_run_info,
+    BEST, LAST, SUMMARY, RunError, RunInfo, atomic_write, check_state_fits, read_checkpoint, read_summary,
+    write_run_info,
 )
 
 _logger = logging.getLogger('train')
@@ -370,7 +371,7 @@ def check_resume_architecture(args: argparse.Namespace, model: torch.nn.Module) 
     arch = ckpt.get('arch')
     if arch and arch != args.model:
         raise RunError(f'--resume {args.resume} is a checkpoint of {arch}, not of --model {args.model}')
-    load_state(model, {k.removeprefix('module.'): v for k, v in ckpt['state_dict'].items()}, args.resume)
+    check_state_fits(model, {k.removeprefix('module.'): v for k, v in ckpt['state_dict'].items()}, args.resume)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -135,8 +135,8 @@ def build_model(info: RunInfo) -> nn.Module:
         **info.model_kwargs)
 
 
-def load_state(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with a message that names the mismatch instead of a wall of keys."""
+def check_state_fits(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise a RunError naming the mismatch, instead of torch's wall of keys, when a state dict does not fit."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -147,6 +147,11 @@ def load_state(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: st
             f'{source} does not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected, '
             f'{len(wrong_shape)} mis-shaped tensors (e.g. {(missing or unexpected or wrong_shape)[:3]}); '
             f'is it a checkpoint of another architecture?')
+
+
+def load_state(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with a message that names the mismatch."""
+    check_state_fits(model, state_dict, source)
     model.load_state_dict(state_dict)
 
 
