@@ -26,7 +26,7 @@ from timm.models import _registry
 
 from . import __version__
 from .runs import (
-    RunError, TrainedRun, best_metrics, load_run, load_state, read_summary,
+    DATA_CFG_KEYS, RunError, TrainedRun, best_metrics, load_run, load_state, read_summary,
 )
 
 CONFIG = 'config.json'
@@ -34,7 +34,6 @@ WEIGHTS = 'model.safetensors'
 CARD = 'README.md'
 ARGS = 'args.yaml'
 PLOTS = {'accuracy.png': 'Accuracy per epoch', 'confusion_matrix.png': 'Confusion matrix on the evaluation split'}
-DATA_CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')
 LICENSE = 'apache-2.0'
 PAPER = ('Learning to Pay Multiple Attention with Fully Convolutional Transformers',
          'Mensah, Bah and Brink')

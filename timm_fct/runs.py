@@ -25,6 +25,7 @@ LAST = 'last.pth.tar'
 BEST = 'model_best.pth.tar'
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 WEIGHT_CHOICES = ('auto', 'ema', 'raw')
+DATA_CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')  # the preprocessing a run used
 
 
 class RunError(ValueError):
@@ -117,7 +118,7 @@ def run_info_for(checkpoint_path: Path, ckpt: Dict[str, Any]) -> RunInfo:
                        f'no known model name in it (arch={model_name!r})')
     num_classes = args.get('num_classes') or _classifier_outputs(ckpt['state_dict'])
     cfg = timm.get_pretrained_cfg(model_name)
-    pretrained_cfg = {k: getattr(cfg, k) for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')}
+    pretrained_cfg = {k: getattr(cfg, k) for k in DATA_CFG_KEYS}
     return RunInfo(model=model_name, num_classes=num_classes, label_names=[str(i) for i in range(num_classes)],
                    pretrained_cfg=pretrained_cfg, model_kwargs=args.get('model_kwargs') or {})
 
@@ -205,7 +206,7 @@ def load_trained_model(spec: Union[str, Path], use_ema: Optional[bool] = None) -
         labels = cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
         info = RunInfo(
             model=spec, num_classes=model.num_classes, label_names=list(labels),
-            pretrained_cfg={k: cfg.get(k) for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')})
+            pretrained_cfg={k: cfg.get(k) for k in DATA_CFG_KEYS})
         return model, info
     trained = load_run(spec, 'auto' if use_ema is None else ('ema' if use_ema else 'raw'))
     return trained.model, trained.info
