@@ -30,10 +30,11 @@ def test_registry_lists_the_family():
 
 
 @pytest.mark.parametrize('model_name', FCT_MODELS)
-def test_forward_intermediates_timm_contract(model_name):
-    """timm keys its forward_intermediates tests to its own module names; run them on ours."""
+def test_forward_intermediates_and_prune_timm_contracts(model_name):
+    """timm keys its forward_intermediates and prune tests to its own module names; run them on ours."""
     upstream.test_model_forward_intermediates(model_name, 1)
     upstream.test_model_forward_intermediates_features(model_name, 1)
+    upstream.test_prune_intermediate_layers_contract(model_name)
 
 
 @pytest.mark.parametrize('model_name,norm_type', [('resnet18_fct_bn_cifar', nn.BatchNorm2d),
@@ -47,10 +48,11 @@ def test_norm_variant_sets_fct_norms_and_keeps_backbone_batchnorm(model_name, no
     assert not any(isinstance(m, LayerNorm2d) for m in model.backbone.modules())
 
 
-def test_head_pools_each_fct_output_and_concatenates():
-    """The paper's head: average-pool every FCT output, concatenate, classify."""
+@pytest.mark.parametrize('size', [(32, 32), (9, 9), (36, 36), (33, 47), (61, 20)])
+def test_head_pools_each_fct_output_and_concatenates(size):
+    """The paper's head: average-pool every FCT output, concatenate, classify; at any input size."""
     model = timm.create_model(SMALL).eval()
-    x = _input(model)
+    x = torch.randn(2, 3, *size)
     with torch.no_grad():
         _, fct_outs = model.forward_intermediates(x)
         expected = torch.cat([z.mean((2, 3)) for z in fct_outs], dim=1)
@@ -68,33 +70,66 @@ def test_fct_outputs_have_each_taps_resolution_and_width():
     assert model.feature_info == [dict(num_chs=64, reduction=r, module=f'fct.{i}') for i, r in enumerate((8, 16, 32))]
 
 
+def test_forward_features_is_on_the_last_fct_grid_and_area_resampling_is_exact():
+    model = timm.create_model(SMALL).eval()
+    with torch.no_grad():
+        feats, outs = model.forward_intermediates(torch.randn(1, 3, 32, 32))
+        # sizes divide at 32 px: exact area resampling is plain average pooling
+        expected = torch.cat([F.adaptive_avg_pool2d(z, outs[-1].shape[-2:]) for z in outs], dim=1)
+    assert feats.shape == (1, 3 * 96, 4, 4)
+    torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_global_descriptor_reaches_every_fct_module():
-    """x_l = z_l + P_l(g): changing only the projection of g changes each FCT output."""
+    """x_l = z_l + P_l(g): changing only the last backbone stage, the source of g, changes each FCT output."""
     model = timm.create_model(SMALL).eval()
     x = _input(model, 1)
+
+    def shift_last_stage(module, args, feats):
+        return [*feats[:-1], feats[-1] + 1.0]  # the taps stay as they are; g moves
+
     with torch.no_grad():
         before = model.forward_intermediates(x, intermediates_only=True)
-        for block in model.fct:
-            block.global_proj.bias.add_(1.0)
+        handle = model.backbone.register_forward_hook(shift_last_stage)
         after = model.forward_intermediates(x, intermediates_only=True)
-    assert all(not torch.allclose(b, a) for b, a in zip(before, after))
+        handle.remove()
+    assert len(after) == 3
+    assert all((b - a).abs().max() > 1e-3 for b, a in zip(before, after))
 
 
 def test_attention_uses_fused_sdpa_with_requested_heads(monkeypatch):
     calls = []
 
+    sdpa = F.scaled_dot_product_attention
+
     def spy(q, k, v, **kwargs):
         calls.append((q.shape, k.shape))
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        return sdpa(q, k, v, **kwargs)
 
-    monkeypatch.setattr('timm_fct.fct.F', type('F', (), {'scaled_dot_product_attention': staticmethod(spy),
-                                                         'adaptive_avg_pool2d': F.adaptive_avg_pool2d}))
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
     model = timm.create_model(SMALL, embed_dim=96, num_heads=3, kv_stride=2).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    # taps at 32, 16, 8 px -> patch stride 2 -> 16, 8, 4 px queries; keys at half that
+    # taps at 32, 16, 8 px -> patch stride 2 -> 16, 8, 4 px queries; K/V strided only above 8x8
     assert [tuple(q) for q, _ in calls] == [(1, 3, n * n, 32) for n in (16, 8, 4)]
-    assert [tuple(k) for _, k in calls] == [(1, 3, (n // 2) ** 2, 32) for n in (16, 8, 4)]
+    assert [tuple(k) for _, k in calls] == [(1, 3, n * n, 32) for n in (8, 8, 4)]
+
+
+@pytest.mark.parametrize('model_name,size', [('resnet50_fct_bn_cifar', 32), ('resnet50_fct_bn', 224)])
+def test_every_module_attends_over_at_least_16_keys_at_the_default_size(model_name, size):
+    model = timm.create_model(model_name).eval()
+    keys = []
+    for block in model.fct.values():
+        block.attn.k.register_forward_hook(lambda m, a, out: keys.append(out.shape[-2] * out.shape[-1]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    assert len(keys) == 3 and min(keys) >= 16, keys
+
+
+def test_single_key_attention_warns():
+    model = timm.create_model(SMALL).eval()
+    with pytest.warns(UserWarning, match='single key'), torch.no_grad():
+        model(torch.randn(1, 3, 8, 8))  # the deepest patch grid is 1x1
 
 
 def test_head_count_changes_the_attention():
@@ -125,13 +160,21 @@ def test_non_square_input():
         assert model(torch.randn(1, 3, 48, 24)).shape == (1, 10)
 
 
-def test_fct_convolutions_use_kaiming_normal_init():
+def test_fct_layers_use_the_papers_kaiming_normal_init():
+    """He et al.'s Kaiming normal: std sqrt(2 / fan_in), depth-wise convolutions too; g's projection gain 1."""
     torch.manual_seed(0)
-    model = timm.create_model('resnet50_fct_bn_cifar')
-    w = model.fct[0].patch_embed.weight  # 96 x 256 x 3 x 3
-    fan_out = w.shape[0] * w.shape[2] * w.shape[3]
-    assert w.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.05)
-    assert abs(w.mean().item()) < 0.01
+    block = timm.create_model('resnet50_fct_bn_cifar').fct['0']
+    cases = [
+        (block.patch_embed.weight, math.sqrt(2.0 / (256 * 3 * 3))),  # 96 x 256 x 3 x 3
+        (block.attn.k_conv.conv.weight, math.sqrt(2.0 / (1 * 3 * 3))),  # depth-wise: 96 x 1 x 3 x 3
+        (block.attn.q.weight, math.sqrt(2.0 / 96)),
+        (block.focus.conv.weight, math.sqrt(2.0 / (96 * 3 * 3))),
+        (block.global_proj.weight, math.sqrt(1.0 / 2048)),  # 256 x 2048
+    ]
+    for w, std in cases:
+        assert w.std().item() == pytest.approx(std, rel=0.1)
+        assert abs(w.mean().item()) < 0.1 * std
+    assert not block.global_proj.bias.any() and not block.patch_embed.bias.any()
 
 
 def test_torchscript_matches_eager():
@@ -150,17 +193,26 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_grad_checkpointing_gives_same_gradients():
+def test_grad_checkpointing_recomputes_in_backward_and_gives_same_gradients():
     torch.manual_seed(0)
     model = timm.create_model(SMALL).train()
     x = _input(model)
-    grads = []
+    calls = {'fct': 0, 'backbone block': 0}
+    # pre-hooks: a recomputation in backward may stop early, before a forward hook would run
+    model.fct['0'].register_forward_pre_hook(lambda *a: calls.__setitem__('fct', calls['fct'] + 1))
+    model.backbone.layer1.register_forward_pre_hook(
+        lambda *a: calls.__setitem__('backbone block', calls['backbone block'] + 1))
+    grads, counts = [], []
     for enable in (False, True):
         model.set_grad_checkpointing(enable)
         model.zero_grad()
+        calls.update({k: 0 for k in calls})
         torch.manual_seed(0)
         model(x).sum().backward()
-        grads.append(model.fct[0].patch_embed.weight.grad.clone())
+        counts.append(dict(calls))
+        grads.append(model.fct['0'].patch_embed.weight.grad.clone())
+    assert counts[0] == {'fct': 1, 'backbone block': 1}
+    assert counts[1]['fct'] == 2 and counts[1]['backbone block'] >= 2  # forward, then again in backward
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
 
 
@@ -171,9 +223,22 @@ def test_prune_keeps_earlier_taps_and_resizes_the_head():
         taps = model.forward_intermediates(x, intermediates_only=True)
         kept = model.prune_intermediate_layers([1])
         pruned = model.forward_intermediates(x, indices=kept, intermediates_only=True)
-        assert kept == [1] and len(model.fct) == 2
+        assert kept == [1] and list(model.fct) == ['0', '1']
         torch.testing.assert_close(pruned[0], taps[1])
-        assert model(x).shape == (1, model.num_features, 4, 4) == (1, 2 * 96, 4, 4)  # head pruned as in timm
+        # head pruned as in timm; the features are on the grid of the last kept FCT output (8x8 at 32 px)
+        assert model(x).shape == (1, model.num_features, 8, 8) == (1, 2 * 96, 8, 8)
+        with pytest.raises(ValueError, match=r'FCT outputs \[2\] were pruned'):
+            model.forward_intermediates(x, indices=[2])
+
+
+def test_prune_norm_keeps_only_the_requested_modules():
+    model = timm.create_model(SMALL).eval()
+    x = _input(model, 1)
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        model.prune_intermediate_layers([1], prune_norm=True)
+        assert list(model.fct) == ['1']
+        torch.testing.assert_close(model.forward_features(x), taps[1])
 
 
 def test_features_only_gives_fct_outputs():
@@ -189,6 +254,14 @@ def test_taps_are_configurable():
     with torch.no_grad():
         assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 2 * 96, 4, 4)
     assert model.num_features == 2 * 96
+
+
+def test_batch_of_one_in_training_needs_more_than_one_value_per_batchnorm_channel():
+    model = timm.create_model(SMALL).train()
+    with pytest.raises(ValueError, match='batch of 1 needs height and width of at least 9'):
+        model(torch.randn(1, 3, 8, 8))
+    assert model(torch.randn(1, 3, 9, 9)).shape == (1, 10)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 @pytest.mark.parametrize('shape,match', [

@@ -46,16 +46,37 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
     assert any(k.startswith('fct.') for k in loaded) and 'head.fc.weight' in loaded
 
 
-def test_imagenet_backbone_adapts_to_grayscale_offline(resnet18_hub_cache):
-    hf_home, _ = resnet18_hub_cache
-    code = """
+def test_imagenet_backbone_adapts_to_grayscale_offline(resnet18_hub_cache, tmp_path):
+    """in_chans=1: the stem's RGB filters summed into one channel (timm's adapt_input_conv), the rest exact."""
+    hf_home, weights_file = resnet18_hub_cache
+    out = tmp_path / 'gray.safetensors'
+    code = f"""
 import timm, timm_fct
+from safetensors.torch import save_file
 model = timm.create_model('resnet18_fct_ln', pretrained=True, in_chans=1, num_classes=5)
-print(tuple(model.backbone.conv1.weight.shape))
+save_file({{k: v.contiguous() for k, v in model.backbone.state_dict().items()}}, {str(out)!r})
 """
     result = run_offline(hf_home, code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith('(64, 1, 7, 7)')
+    hub, loaded = load_file(str(weights_file)), load_file(str(out))
+    assert loaded['conv1.weight'].shape == (64, 1, 7, 7)
+    torch.testing.assert_close(loaded['conv1.weight'], hub['conv1.weight'].sum(1, keepdim=True))
+    for k in ('bn1.weight', 'layer1.0.conv1.weight', 'layer4.1.bn2.running_var'):
+        torch.testing.assert_close(loaded[k], hub[k], rtol=0, atol=0, msg=k)
+
+
+def test_backbone_checkpoint_missing_a_key_is_an_error_for_any_num_classes(tmp_path):
+    """timm loads non-strictly when num_classes differs from the checkpoint's: a missing key must still fail."""
+    weights = timm.create_model('resnet18').state_dict()
+    del weights['layer2.0.bn1.running_mean']
+    write_hub_cache(tmp_path, 'timm/resnet18.a1_in1k', {
+        'model.safetensors': lambda p: save_file(weights, str(p)),
+        'config.json': lambda p: p.write_text(json.dumps({'architecture': 'resnet18', 'num_classes': 1000})),
+    })
+    code = "import timm, timm_fct; timm.create_model('resnet18_fct_bn', pretrained=True, num_classes=10)"
+    result = run_offline(tmp_path, code)
+    assert result.returncode != 0
+    assert 'lacks 1 weights of the backbone' in result.stderr and 'layer2.0.bn1.running_mean' in result.stderr
 
 
 def test_offline_with_empty_cache_fails_fast_with_a_clear_error(tmp_path):
@@ -78,6 +99,6 @@ def test_own_checkpoint_round_trips_through_timm_checkpoint_path(tmp_path):
 def test_filter_keeps_fct_checkpoints_and_maps_resnet_ones():
     model = timm.create_model('resnet18_fct_bn')
     own = model.state_dict()
-    assert checkpoint_filter_fn(own, model) is own
+    assert checkpoint_filter_fn(own, model) == own
     mapped = checkpoint_filter_fn(timm.create_model('resnet18').state_dict(), model)
     assert set(mapped) == set(own)

@@ -11,6 +11,7 @@ their pooled outputs. Where each equation of the paper lives:
 * eqs. 5 and 9, FL(N(z)) + z with FL = GELU(CONV) ......................................... `FocusLayer`
 * concatenation of the pooled FCT outputs, then the classifier ... `FctResNet.forward_features` / `head`
 """
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -34,7 +35,7 @@ NORM_LAYERS: Dict[str, Callable[..., nn.Module]] = {
 
 
 @register_notrace_function  # FX keeps the call as one node (autowrap skips _private names)
-def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int, training: bool) -> None:
     """Fail early with the expected shape; convolutions would accept a 3-D tensor and go wrong later."""
     if x.dim() != 4:
         raise ValueError(f'expected a 4-D (N, C, H, W) image batch, got a {x.dim()}-D tensor of shape {x.shape}')
@@ -44,11 +45,41 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
         raise ValueError(
             f'input {x.shape[2]}x{x.shape[3]} is too small for the tapped stages: height and width must be '
             f'at least {min_size}, the total stride of the backbone')
+    if training and x.shape[0] == 1 and (x.shape[2] <= min_size or x.shape[3] <= min_size):
+        raise ValueError(
+            f'training on a batch of 1 needs height and width of at least {min_size + 1} (got '
+            f'{x.shape[2]}x{x.shape[3]}): at {min_size} the deepest maps are 1x1 and BatchNorm sees one value '
+            f'per channel; use a larger batch or input')
 
 
-def _concat_on_grid(outs: List[torch.Tensor], grid: List[int]) -> torch.Tensor:
-    """Area-average each FCT output to the last stage's grid and stack them along channels."""
-    return torch.cat([F.adaptive_avg_pool2d(z, grid) for z in outs], dim=1)
+@register_notrace_function
+def area_resize(z: torch.Tensor, size: List[int]) -> torch.Tensor:
+    """Exact area resampling to `size`: each output cell averages the input area it covers, fractions included.
+
+    Unlike adaptive average pooling, whose cells overlap when sizes do not divide, every input pixel
+    contributes exactly its area, so the mean over the output equals the mean over the input at any size.
+    """
+    if [z.shape[-2], z.shape[-1]] == size:
+        return z
+    rows = _area_weights(z.shape[-2], size[0], z)
+    cols = _area_weights(z.shape[-1], size[1], z)
+    return torch.matmul(torch.matmul(rows, z), cols.t())
+
+
+def _area_weights(src: int, dst: int, like: torch.Tensor) -> torch.Tensor:
+    """(dst, src) matrix: overlap of source pixel s with output cell d, divided by the cell's width."""
+    scale = src / dst
+    edges = torch.arange(dst + 1, device=like.device, dtype=torch.float32) * scale
+    pos = torch.arange(src, device=like.device, dtype=torch.float32)
+    lo = torch.maximum(edges[:-1].unsqueeze(1), pos.unsqueeze(0))
+    hi = torch.minimum(edges[1:].unsqueeze(1), pos.unsqueeze(0) + 1)
+    return ((hi - lo).clamp_min(0) / scale).to(like.dtype)
+
+
+def _concat_on_grid(outs: List[torch.Tensor]) -> torch.Tensor:
+    """Area-resample every FCT output to the last one's grid and stack them along channels."""
+    grid = [outs[-1].shape[-2], outs[-1].shape[-1]]
+    return torch.cat([area_resize(z, grid) for z in outs], dim=1)
 
 
 def _to_tokens(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -57,24 +88,39 @@ def _to_tokens(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.reshape(B, num_heads, C // num_heads, H * W).transpose(-1, -2)
 
 
-class ConvProjection(nn.Module):
-    """CONVPROJ then N: a depth-wise 3x3 convolution (strided for K and V) and the variant's norm."""
+@register_notrace_function
+def kv_stride_for(x: torch.Tensor, kv_stride: int, kv_min_grid: int) -> int:
+    """The K/V stride for this patch grid: strided only while the strided grid keeps enough keys."""
+    if min(x.shape[-2], x.shape[-1]) > kv_min_grid:
+        return kv_stride
+    if x.shape[-2] == 1 and x.shape[-1] == 1:
+        warnings.warn(
+            'an FCT module attends over a single key (1x1 patch grid): the attention returns V unchanged and '
+            'Q and K get no gradient; use a larger input')
+    return 1
 
-    def __init__(self, dim: int, stride: int, norm_layer: Callable[..., nn.Module], device=None, dtype=None):
+
+class ConvProjection(nn.Module):
+    """CONVPROJ then N: a depth-wise 3x3 convolution (strided for K and V on large grids) and the variant's norm."""
+
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module], device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.conv = nn.Conv2d(dim, dim, 3, stride=stride, padding=1, groups=dim, bias=False, **dd)
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
         self.norm = norm_layer(dim, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
+    def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        x = F.conv2d(x, self.conv.weight, None, stride, 1, 1, self.conv.groups)
+        return self.norm(x)
 
 
 class ConvAttention(nn.Module):
     """Multi-head self-attention over convolutional Q, K and V (eqs. 2-4 with CONVPROJ, eq. 8).
 
-    K and V may be computed at a coarser stride than Q: each query still sees the whole map, at a
-    fraction of the cost. Attention runs through PyTorch's fused scaled_dot_product_attention.
+    On patch grids larger than kv_min_grid, K and V are computed at kv_stride: each query still sees the
+    whole map at a fraction of the cost. Smaller grids keep every position as a key, so that attention
+    has real keys to choose between (at the paper's 32 px the deepest grid is 4x4: 16 keys, not 4).
+    Attention runs through PyTorch's fused scaled_dot_product_attention.
     """
 
     def __init__(
@@ -82,6 +128,7 @@ class ConvAttention(nn.Module):
             dim: int,
             num_heads: int,
             kv_stride: int = 1,
+            kv_min_grid: int = 8,
             norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
             attn_drop: float = 0.,
             device=None,
@@ -92,10 +139,12 @@ class ConvAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f'embed_dim ({dim}) must be divisible by num_heads ({num_heads})')
         self.num_heads = num_heads
+        self.kv_stride = kv_stride
+        self.kv_min_grid = kv_min_grid
         self.attn_drop = attn_drop
-        self.q_conv = ConvProjection(dim, 1, norm_layer, **dd)
-        self.k_conv = ConvProjection(dim, kv_stride, norm_layer, **dd)
-        self.v_conv = ConvProjection(dim, kv_stride, norm_layer, **dd)
+        self.q_conv = ConvProjection(dim, norm_layer, **dd)
+        self.k_conv = ConvProjection(dim, norm_layer, **dd)
+        self.v_conv = ConvProjection(dim, norm_layer, **dd)
         self.q = nn.Conv2d(dim, dim, 1, **dd)  # W_Q of eq. 2, a 1x1 convolution
         self.k = nn.Conv2d(dim, dim, 1, **dd)  # W_K
         self.v = nn.Conv2d(dim, dim, 1, **dd)  # W_V
@@ -103,9 +152,10 @@ class ConvAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
+        stride = kv_stride_for(x, self.kv_stride, self.kv_min_grid)
         q = _to_tokens(self.q(self.q_conv(x)), self.num_heads)
-        k = _to_tokens(self.k(self.k_conv(x)), self.num_heads)
-        v = _to_tokens(self.v(self.v_conv(x)), self.num_heads)
+        k = _to_tokens(self.k(self.k_conv(x, stride)), self.num_heads)
+        v = _to_tokens(self.v(self.v_conv(x, stride)), self.num_heads)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
         x = x.transpose(-1, -2).reshape(B, C, H, W)  # CONCAT of the heads, eq. 4
         return self.proj(x)
@@ -135,6 +185,7 @@ class FctBlock(nn.Module):
             patch_size: int = 3,
             patch_stride: int = 2,
             kv_stride: int = 2,
+            kv_min_grid: int = 8,
             norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
             attn_drop: float = 0.,
             drop_path: float = 0.,
@@ -146,7 +197,7 @@ class FctBlock(nn.Module):
         self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count
         self.patch_embed = nn.Conv2d(  # overlapping patches: kernel larger than stride
             in_chs, embed_dim, patch_size, stride=patch_stride, padding=patch_size // 2, **dd)
-        self.attn = ConvAttention(embed_dim, num_heads, kv_stride, norm_layer, attn_drop, **dd)
+        self.attn = ConvAttention(embed_dim, num_heads, kv_stride, kv_min_grid, norm_layer, attn_drop, **dd)
         self.norm = norm_layer(embed_dim, **dd)
         self.focus = FocusLayer(embed_dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -178,6 +229,7 @@ class FctResNet(nn.Module):
             patch_size: int = 3,
             patch_stride: int = 2,
             kv_stride: int = 2,
+            kv_min_grid: int = 8,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -197,7 +249,8 @@ class FctResNet(nn.Module):
             num_heads: attention heads per FCT module.
             patch_size: PATCHEMBED kernel size (larger than patch_stride, so patches overlap).
             patch_stride: PATCHEMBED stride.
-            kv_stride: stride of the K and V depth-wise projections.
+            kv_stride: stride of the K and V depth-wise projections on patch grids larger than kv_min_grid.
+            kv_min_grid: patch grids whose smaller side is at most this keep every position as a key.
             num_classes: classifier outputs, 0 for none.
             in_chans: input image channels.
             global_pool: timm pooling type for the head, '' for none.
@@ -240,19 +293,22 @@ class FctResNet(nn.Module):
         self.min_input_size = stage_reductions[-1]
 
         norm_layer = NORM_LAYERS[norm]
-        self.fct = nn.ModuleList([
-            FctBlock(
+        # keyed by tap index, so that pruning can drop any module and the others keep their index
+        self.fct = nn.ModuleDict({
+            str(i): FctBlock(
                 chs, global_chs, embed_dim, num_heads,
                 patch_size=patch_size,
                 patch_stride=patch_stride,
                 kv_stride=kv_stride,
+                kv_min_grid=kv_min_grid,
                 norm_layer=norm_layer,
                 attn_drop=attn_drop_rate,
                 drop_path=drop_path_rate,
                 **dd,
             )
-            for chs in stage_chs[:-1]
-        ])
+            for i, chs in enumerate(stage_chs[:-1])
+        })
+        self.fct_indices: List[int] = list(range(len(self.fct)))
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=r * patch_stride, module=f'fct.{i}')
             for i, r in enumerate(stage_reductions[:-1])
@@ -292,24 +348,23 @@ class FctResNet(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
 
-    def _attend(self, x: torch.Tensor, max_index: int) -> Tuple[List[torch.Tensor], List[int]]:
-        """Backbone, global descriptor g and FCT modules 0..max_index; also returns the last stage's grid."""
-        check_image_batch(x, self.in_chans, self.min_input_size)
+    def _attend(self, x: torch.Tensor, indices: List[int]) -> List[torch.Tensor]:
+        """Backbone, global descriptor g, and the outputs of the FCT modules at `indices`, in tap order."""
+        check_image_batch(x, self.in_chans, self.min_input_size, self.training)
         feats = self.backbone(x)
-        last = feats[-1]
-        g = last.mean((2, 3))  # global image descriptor: the pooled last stage
+        g = feats[-1].mean((2, 3))  # global image descriptor: the pooled last stage
         outs: List[torch.Tensor] = []
-        for i, block in enumerate(self.fct):
-            if i <= max_index:
+        for key, block in self.fct.items():
+            i = int(key)
+            if i in indices:
                 if self.grad_checkpointing and not torch.jit.is_scripting():
                     outs.append(checkpoint(block, feats[i], g))
                 else:
                     outs.append(block(feats[i], g))
-        return outs, [last.shape[-2], last.shape[-1]]
+        return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        outs, grid = self._attend(x, len(self.fct) - 1)
-        return _concat_on_grid(outs, grid)
+        return _concat_on_grid(self._attend(x, self.fct_indices))
 
     def forward_intermediates(
             self,
@@ -324,7 +379,7 @@ class FctResNet(nn.Module):
 
         Args:
             x: Input image tensor.
-            indices: Take last n FCT outputs if int, all if None, select matching indices if sequence.
+            indices: Take last n FCT outputs if int, all kept ones if None, select matching indices if sequence.
             norm: Unused, for API compatibility.
             stop_early: Skip the FCT modules after the last requested one (the backbone always runs whole,
                 since every module needs the global descriptor).
@@ -333,12 +388,22 @@ class FctResNet(nn.Module):
         """
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.fct), indices)
-        outs, grid = self._attend(x, max_index if stop_early else len(self.fct) - 1)
-        intermediates = [outs[i] for i in take_indices]
+        take_indices = self._kept_indices(indices)
+        run = [i for i in self.fct_indices if i <= max(take_indices)] if stop_early else self.fct_indices
+        outs = self._attend(x, run)
+        intermediates = [outs[run.index(i)] for i in take_indices]
         if intermediates_only:
             return intermediates
-        return _concat_on_grid(outs, grid), intermediates
+        return _concat_on_grid(outs), intermediates
+
+    def _kept_indices(self, indices: Optional[Union[int, List[int]]]) -> List[int]:
+        if indices is None:
+            return list(self.fct_indices)
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        pruned = [i for i in take_indices if i not in self.fct_indices]
+        if pruned:
+            raise ValueError(f'FCT outputs {pruned} were pruned; this model keeps {self.fct_indices}')
+        return take_indices
 
     def prune_intermediate_layers(
             self,
@@ -346,12 +411,23 @@ class FctResNet(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the FCT modules after the last index kept; the head goes too if its input width changed."""
-        take_indices, max_index = feature_take_indices(len(self.fct), indices)
-        prune_end = max_index < len(self.fct) - 1
-        self.fct = self.fct[:max_index + 1]
-        self.num_features = self.feature_info[0]['num_chs'] * len(self.fct)
-        if prune_head or prune_end:
+        """Drop the FCT modules the requested taps do not need; the head goes if pruned or its input changed.
+
+        The FCT modules run side by side, so only the concatenation ties them together: it plays the
+        part of a final norm. With prune_norm=False the modules after the last index are dropped and
+        forward_features stays a concatenation; with prune_norm=True (features_only) only the modules
+        at `indices` are kept, so forward_features ends at the requested tap itself.
+        """
+        take_indices = self._kept_indices(indices)
+        max_index = max(take_indices)
+        keep = take_indices if prune_norm else [i for i in self.fct_indices if i <= max_index]
+        changed = keep != self.fct_indices
+        for i in self.fct_indices:
+            if i not in keep:
+                del self.fct[str(i)]
+        self.fct_indices = list(keep)
+        self.num_features = self.feature_info[0]['num_chs'] * len(keep)
+        if prune_head or changed:
             self.num_classes = 0
             self.head.reset(0, '', in_features=self.num_features)
             self.head_hidden_size = self.head.num_features
@@ -367,26 +443,44 @@ class FctResNet(nn.Module):
 
 
 def _init_fct_weights(module: nn.Module) -> None:
-    """Kaiming normal for the FCT convolutions, as the paper initialises the whole model."""
+    """The paper's Kaiming normal (He et al. 2015: fan-in, ReLU gain) for every FCT convolution.
+
+    Fan-in keeps the forward variance of each layer, depth-wise ones included (fan-in 9, where fan-out
+    would shrink their weights by the channel count). g's projection is variance-preserving (gain 1),
+    so the descriptor adds to the tap at the scale it has.
+    """
     if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='relu')
+    elif isinstance(module, nn.Linear):
+        nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='linear')
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctResNet) -> Dict[str, torch.Tensor]:
     """Accept FctResNet checkpoints as they are, and plain timm ResNet ones as backbone-only weights.
 
     A ResNet checkpoint's classifier is dropped and the FCT modules and head keep their fresh
-    initialisation, so loading stays strict: every backbone weight must match.
+    initialisation. Every weight outside the classifier must be in the checkpoint: timm loads
+    non-strictly when num_classes differs from the checkpoint's, so a missing key is caught here.
     """
     if any(k.startswith('fct.') for k in state_dict):
-        return state_dict
-    backbone_keys = set(model.backbone.state_dict())
-    out = {f'backbone.{k}': v for k, v in state_dict.items() if k in backbone_keys}
-    for k, v in model.state_dict().items():
-        if not k.startswith('backbone.'):
-            out[k] = v
+        out = dict(state_dict)
+    else:
+        backbone_keys = set(model.backbone.state_dict())
+        out = {f'backbone.{k}': v for k, v in state_dict.items() if k in backbone_keys}
+        missing = sorted(backbone_keys - set(state_dict))
+        if missing:
+            raise RuntimeError(f'the backbone checkpoint lacks {len(missing)} weights of the backbone, e.g. '
+                               f'{missing[:3]}; is it a checkpoint of another architecture?')
+        out.update({k: v for k, v in model.state_dict().items() if not k.startswith('backbone.')})
+    classifier = model.get_classifier(name_only=True)
+    missing = sorted(k for k in model.state_dict() if k not in out and not k.startswith(classifier + '.'))
+    if missing:
+        raise RuntimeError(f'the checkpoint lacks {len(missing)} weights of {type(model).__name__}, '
+                           f'e.g. {missing[:3]}')
     return out
 
 
