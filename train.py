@@ -33,24 +33,29 @@ from tqdm import tqdm
 
 import timm_fct  # noqa: F401  registers the FCT models
 from timm_fct.data import (
-    DIGITS, DIGITS_MEAN, DIGITS_STD, DatasetError, build_dataset, class_names, default_workers, eval_transform,
-    pad_crop_flip_transform,
+    DIGITS, DIGITS_MEAN, DIGITS_STD, IN_MEMORY_DATASETS, DatasetError, build_dataset, class_names, default_workers,
+    eval_geometry, eval_transform, pad_crop_flip_transform, train_geometry,
 )
 from timm_fct.plots import plot_curves
+from timm_fct.tensor_loader import TensorLoader, preload
 from timm_fct.runs import (
-    BEST, LAST, SUMMARY, RunError, RunInfo, atomic_write, check_state_fits, read_checkpoint, read_summary,
+    BEST, LAST, RUN_INFO, SUMMARY, RunError, RunInfo, atomic_write, check_state_fits, read_checkpoint, read_summary,
     write_run_info,
 )
 
 _logger = logging.getLogger('train')
 
 DEFAULT_MODEL = 'resnet18_fct_bn_cifar'
-PAPER_DEFAULTS = dict(batch_size=128, epochs=200)
-DIGITS_DEFAULTS = dict(batch_size=32, epochs=4)  # the embedded quick job: under 3 minutes on 2 CPU cores
+PAPER_DEFAULTS = dict(batch_size=128, epochs=200, pad_crop=4)
+# the embedded main job, about a minute on 2 CPU cores: the 8 px digits upsampled 2x, padded by 1 px
+DIGITS_DEFAULTS = dict(batch_size=64, epochs=5, img_size=16, pad_crop=1)
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_time')
 EMA_COLUMNS = ('eval_ema_loss', 'eval_ema_top1', 'eval_ema_top5')
+# what a run is: a resume must keep these, or its weights, metrics and recorded preprocessing would disagree
+RUN_IDENTITY_ARGS = ('model', 'model_kwargs', 'num_classes', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation',
+                     'dataset', 'drop', 'drop_path', 'pretrained')
 
 
 class ConfigError(ValueError):
@@ -122,9 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--smoothing', type=float, default=0.0, help='label smoothing')
 
     group = parser.add_argument_group('Augmentation')
-    group.add_argument('--pad-crop', type=int, default=4, help='pad by this many pixels, random crop back (0: off)')
+    group.add_argument('--pad-crop', type=int, default=None,
+                       help=f'pad by this many pixels, random crop back (0: off; default 4, 1 for {DIGITS})')
     group.add_argument('--hflip', type=float, default=None,
                        help=f'horizontal flip probability (default 0.5, 0 for {DIGITS})')
+    group.add_argument('--vflip', type=float, default=0.0, help='vertical flip probability')
+    group.add_argument('--pipeline', default='auto', choices=('auto', 'memory', 'pil'),
+                       help="'memory': the whole split as one uint8 tensor on the device, pad-crop and flips per "
+                            "batch there; 'pil': a DataLoader over PIL images; 'auto' (default): memory for "
+                            f"{DIGITS} and CIFAR with --pad-crop, pil otherwise (timm's augmentation)")
 
     group = parser.add_argument_group('Model EMA')
     group.add_argument('--model-ema', action='store_true', default=False, help='track an EMA of the weights')
@@ -146,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--experiment', default='', metavar='NAME', help='run folder name (default: time-model)')
     group.add_argument('--checkpoint-hist', type=int, default=1, help='per-epoch checkpoints kept')
     group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
+    group.add_argument('--log-interval', type=int, default=50,
+                       help='updates between progress reports and non-finite loss checks (each waits for the device)')
     return parser
 
 
@@ -188,11 +201,11 @@ def resolve_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'unknown model {args.model!r}; see timm.list_models() (FCT models: '
                           f'{", ".join(timm.list_models("*fct*"))})')
     cfg = timm.get_pretrained_cfg(args.model)
-    args.img_size = args.img_size or cfg.input_size[-1]
     is_digits = args.dataset == DIGITS
     for key, value in (DIGITS_DEFAULTS if is_digits else PAPER_DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.img_size = args.img_size or cfg.input_size[-1]
     args.mean = args.mean or list(DIGITS_MEAN if is_digits else cfg.mean)
     args.std = args.std or list(DIGITS_STD if is_digits else cfg.std)
     args.crop_pct = args.crop_pct or (1.0 if is_digits else cfg.crop_pct)
@@ -203,29 +216,56 @@ def resolve_args(args: argparse.Namespace) -> None:
         global_batch = args.batch_size * args.world_size
         ratio = global_batch / args.lr_base_size
         args.lr = args.lr_base * (math.sqrt(ratio) if args.lr_base_scale == 'sqrt' else ratio)
-    if args.epochs < 1 or args.batch_size < 1:
-        raise ConfigError('--epochs and --batch-size must be at least 1')
+    if args.sync_bn and args.device.type != 'cuda':
+        raise ConfigError('--sync-bn needs GPUs: PyTorch implements SyncBatchNorm for CUDA devices only')
+    if args.epochs < 1 or args.batch_size < 1 or args.log_interval < 1:
+        raise ConfigError('--epochs, --batch-size and --log-interval must be at least 1')
+    for flag in ('hflip', 'vflip'):
+        if not 0 <= getattr(args, flag) <= 1:
+            raise ConfigError(f'--{flag} is a probability: expected a value in [0, 1], got {getattr(args, flag)}')
+    if args.pipeline == 'auto':
+        args.pipeline = 'memory' if args.dataset in IN_MEMORY_DATASETS and args.pad_crop > 0 else 'pil'
+    if args.pipeline == 'memory' and args.dataset not in IN_MEMORY_DATASETS:
+        raise ConfigError(f'--pipeline memory holds {", ".join(IN_MEMORY_DATASETS)}; use --pipeline pil for '
+                          f'{args.dataset or "an ImageFolder tree"}')
 
 
 def build_datasets(args: argparse.Namespace) -> Tuple[Dataset, Dataset, List[str]]:
     train_ds = build_dataset(args.dataset, args.data_dir, args.train_split, args.dataset_download)
     eval_ds = build_dataset(args.dataset, args.data_dir, args.val_split, args.dataset_download)
     names = class_names(train_ds)
-    if args.pad_crop > 0:
-        train_ds.transform = pad_crop_flip_transform(
-            args.img_size, args.mean, args.std, padding=args.pad_crop, hflip=args.hflip > 0)
-    else:
-        train_ds.transform = timm.data.create_transform(
-            args.img_size, is_training=True, hflip=args.hflip, mean=args.mean, std=args.std,
-            interpolation=args.interpolation, no_aug=False)
-    eval_ds.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct, args.interpolation)
     if len(train_ds) == 0 or len(eval_ds) == 0:
         raise DatasetError(f'empty dataset: {len(train_ds)} training and {len(eval_ds)} evaluation images')
     return train_ds, eval_ds, names
 
 
-def build_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[DataLoader, DataLoader]:
+def build_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset):
     """Training batches shuffled per epoch (seeded, so a resumed run sees the same order); eval sharded exactly."""
+    if args.pipeline == 'memory':
+        return build_memory_loaders(args, train_ds, eval_ds)
+    return build_pil_loaders(args, train_ds, eval_ds)
+
+
+def build_memory_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[TensorLoader, ...]:
+    common = dict(batch_size=args.batch_size, mean=args.mean, std=args.std, device=args.device, rank=args.rank,
+                  world_size=args.world_size)
+    train_images, train_targets = preload(train_ds, train_geometry(args.img_size), 'preloading train')
+    eval_images, eval_targets = preload(
+        eval_ds, eval_geometry(args.img_size, args.crop_pct, args.interpolation), 'preloading eval')
+    train_loader = TensorLoader(train_images, train_targets, train=True, padding=args.pad_crop, hflip=args.hflip,
+                                vflip=args.vflip, **common)
+    return train_loader, TensorLoader(eval_images, eval_targets, **common)
+
+
+def build_pil_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[DataLoader, DataLoader]:
+    if args.pad_crop > 0:
+        train_ds.transform = pad_crop_flip_transform(
+            args.img_size, args.mean, args.std, padding=args.pad_crop, hflip=args.hflip, vflip=args.vflip)
+    else:
+        train_ds.transform = timm.data.create_transform(
+            args.img_size, is_training=True, hflip=args.hflip, vflip=args.vflip, mean=args.mean, std=args.std,
+            interpolation=args.interpolation, no_aug=False)
+    eval_ds.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct, args.interpolation)
     if args.distributed:
         train_sampler = DistributedSampler(train_ds, shuffle=True, seed=args.seed, drop_last=True)
         eval_ds = Subset(eval_ds, range(args.rank, len(eval_ds), args.world_size))
@@ -243,6 +283,9 @@ def build_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset)
 def set_epoch_seed(args: argparse.Namespace, loader: DataLoader, epoch: int) -> None:
     """Seed everything from (seed, epoch, rank): an epoch replays identically whether or not the run resumed."""
     random_seed(args.seed + 1000 * epoch, args.rank)
+    if isinstance(loader, TensorLoader):
+        loader.set_epoch(args.seed, epoch)
+        return
     sampler = loader.sampler
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
@@ -279,17 +322,25 @@ def to_device(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> Tup
     return x, y.to(args.device, non_blocking=True)
 
 
+def check_finite(loss_sum: torch.Tensor, epoch: int, num_updates: int) -> float:
+    """The one host-device synchronisation of a log interval: stop if any loss in it was NaN or infinite."""
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise DivergedError(f'the loss became {value} at epoch {epoch + 1}, by update {num_updates}')
+    return value
+
+
 def train_one_epoch(args, epoch, task, loader, optimizer, scheduler, loss_scaler, num_updates, progress) -> Tuple[float, int]:
+    """One pass over the data; losses accumulate on the device and are read every --log-interval updates."""
     task.train()
     loss_sum = torch.zeros((), device=args.device)
-    seen = 0
+    interval_sum = torch.zeros((), device=args.device)
+    seen = interval_seen = 0
     bar = tqdm(loader, desc=f'epoch {epoch + 1}/{args.epochs}', disable=not progress, leave=False, unit='batch')
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar, 1):
         x, y = to_device(args, x, y)
         with autocast(args):
             loss = task(x, y)['loss']
-        if not torch.isfinite(loss):
-            raise DivergedError(f'the loss became {loss.item()} at epoch {epoch + 1}, update {num_updates + 1}')
         optimizer.zero_grad(set_to_none=True)
         clip = args.clip_grad or None
         if loss_scaler is not None:
@@ -302,10 +353,16 @@ def train_one_epoch(args, epoch, task, loader, optimizer, scheduler, loss_scaler
         num_updates += 1
         scheduler.step_update(num_updates=num_updates)
         task.update_ema(step=num_updates)
-        loss_sum += loss.detach() * x.shape[0]
-        seen += x.shape[0]
-        if progress:
-            bar.set_postfix(loss=f'{loss.item():.4f}', lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        interval_sum += loss.detach().float() * x.shape[0]
+        interval_seen += x.shape[0]
+        if step % args.log_interval == 0 or step == len(loader):
+            interval_loss = check_finite(interval_sum, epoch, num_updates) / interval_seen
+            if progress:
+                bar.set_postfix(loss=f'{interval_loss:.4f}', lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            loss_sum += interval_sum
+            seen += interval_seen
+            interval_sum.zero_()
+            interval_seen = 0
     totals = all_reduce(args, torch.stack([loss_sum, torch.tensor(float(seen), device=args.device)]))
     return (totals[0] / totals[1]).item(), num_updates
 
@@ -365,13 +422,24 @@ def write_args(run_dir: Path, args: argparse.Namespace) -> None:
     atomic_write(run_dir / 'args.yaml', lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=True)))
 
 
-def check_resume_architecture(args: argparse.Namespace, model: torch.nn.Module) -> None:
-    """A checkpoint of another architecture is a user mistake: say so instead of a key dump."""
+def check_resume_fits(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """A checkpoint of another architecture, or of a run with other model or preprocessing flags, is refused."""
     ckpt = read_checkpoint(args.resume)
     arch = ckpt.get('arch')
     if arch and arch != args.model:
         raise RunError(f'--resume {args.resume} is a checkpoint of {arch}, not of --model {args.model}')
+    saved = ckpt.get('args')
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {})
+    differ = [f'--{k.replace("_", "-")} {getattr(args, k)!r} (the run has {saved[k]!r})'
+              for k in RUN_IDENTITY_ARGS if k in saved and _comparable(saved[k]) != _comparable(getattr(args, k))]
+    if differ:
+        raise RunError(f'--resume {args.resume}: a resumed run keeps its model and preprocessing, but '
+                       f'{"; ".join(differ)}; drop these flags, or start a new run')
     check_state_fits(model, {k.removeprefix('module.'): v for k, v in ckpt['state_dict'].items()}, args.resume)
+
+
+def _comparable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -398,10 +466,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
                                   drop_rate=args.drop, **model_kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f'--model-kwargs not accepted by {args.model}: {e}') from None
     if args.resume:
-        check_resume_architecture(args, model)
+        check_resume_fits(args, model)
     if args.sync_bn and args.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(args.device)
@@ -438,12 +506,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: List[Dict[str, float]] = []
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_args(run_dir, args)
-        write_run_info(run_dir, RunInfo(
-            model=args.model, num_classes=args.num_classes, label_names=labels,
-            pretrained_cfg=dict(input_size=[3, args.img_size, args.img_size], mean=list(args.mean),
-                                std=list(args.std), crop_pct=args.crop_pct, interpolation=args.interpolation),
-            model_kwargs=model_kwargs, dataset=args.dataset, data_dir=args.data_dir))
+        if not (run_dir / RUN_INFO).is_file():  # a run's metadata is written once, when it starts
+            write_args(run_dir, args)
+            write_run_info(run_dir, RunInfo(
+                model=args.model, num_classes=args.num_classes, label_names=labels,
+                pretrained_cfg=dict(input_size=[3, args.img_size, args.img_size], mean=list(args.mean),
+                                    std=list(args.std), crop_pct=args.crop_pct, interpolation=args.interpolation),
+                model_kwargs=model_kwargs, dataset=args.dataset, data_dir=args.data_dir))
         saver = CheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=str(run_dir),
                                 recovery_dir=str(run_dir), max_history=args.checkpoint_hist, task=task)
         if args.resume:

@@ -51,17 +51,17 @@ def _save_plot(path: Path) -> None:
 
 
 @pytest.fixture(scope='module')
-def exported(trained_run, tmp_path_factory) -> Path:
+def exported(small_run, tmp_path_factory) -> Path:
     """The run exported once, with a report folder holding a confusion matrix."""
     report = tmp_path_factory.mktemp('report')
     _save_plot(report / 'confusion_matrix.png')
-    return export(trained_run, tmp_path_factory.mktemp('exported') / 'fct-digits', report_dir=report,
+    return export(small_run, tmp_path_factory.mktemp('exported') / 'fct-digits', report_dir=report,
                   repo_id=REPO_ID)
 
 
 @pytest.fixture(scope='module')
-def run_info(trained_run) -> RunInfo:
-    return read_run_info(trained_run)
+def run_info(small_run) -> RunInfo:
+    return read_run_info(small_run)
 
 
 def publishes_ema(run: Path) -> bool:
@@ -84,9 +84,9 @@ def expected_metric_rows(run: Path) -> List[str]:
 
 
 @pytest.fixture(scope='module')
-def reference(trained_run):
+def reference(small_run):
     """A fixed batch and the logits of the trained model as runs.load_trained_model builds it."""
-    model, _ = load_trained_model(trained_run)
+    model, _ = load_trained_model(small_run)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return x, model(x)
@@ -161,34 +161,34 @@ def test_export_writes_timm_hub_layout_with_run_config(exported, run_info):
         assert config['pretrained_cfg'][key] == (list(expected) if isinstance(expected, tuple) else expected), key
 
 
-def test_model_card_describes_the_run(exported, trained_run, run_info):
+def test_model_card_describes_the_run(exported, small_run, run_info):
     card = (exported / 'README.md').read_text()
     front_matter = card.split('---\n')[1]
     for line in ('library_name: timm', 'license: apache-2.0', '- image-classification', '- timm'):
         assert line in front_matter.splitlines()
     assert 'Learning to Pay Multiple Attention with Fully Convolutional Transformers' in card
     assert 'Mensah, Bah and Brink' in card
-    for row in expected_metric_rows(trained_run):
+    for row in expected_metric_rows(small_run):
         assert row in card
     assert '](accuracy.png)' in card and '](confusion_matrix.png)' in card
-    assert run_info.dataset in card and (trained_run / 'args.yaml').read_text().strip() in card
+    assert run_info.dataset in card and (small_run / 'args.yaml').read_text().strip() in card
     assert f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)" in card
 
 
 @pytest.mark.parametrize('weights', ['auto', 'ema', 'raw'])
-def test_weights_flag_picks_ema_or_raw(trained_run, weights):
-    ckpt = read_checkpoint(find_checkpoint(trained_run))
+def test_weights_flag_picks_ema_or_raw(small_run, weights):
+    ckpt = read_checkpoint(find_checkpoint(small_run))
     if weights == 'ema' and 'state_dict_ema' not in ckpt:
         pytest.skip('run trained without --model-ema')
-    ema = weights == 'ema' or (weights == 'auto' and publishes_ema(trained_run))
+    ema = weights == 'ema' or (weights == 'auto' and publishes_ema(small_run))
     expected = ckpt['state_dict_ema' if ema else 'state_dict']
-    for name, tensor in load_run(trained_run, weights).model.state_dict().items():
+    for name, tensor in load_run(small_run, weights).model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
 
 
-def test_exported_weights_are_the_better_evaluated_ones(trained_run, exported):
-    ckpt = read_checkpoint(find_checkpoint(trained_run))
-    expected = ckpt['state_dict_ema' if publishes_ema(trained_run) else 'state_dict']
+def test_exported_weights_are_the_better_evaluated_ones(small_run, exported):
+    ckpt = read_checkpoint(find_checkpoint(small_run))
+    expected = ckpt['state_dict_ema' if publishes_ema(small_run) else 'state_dict']
     weights = load_file(str(exported / 'model.safetensors'))
     assert set(weights) == set(expected)
     for name, tensor in weights.items():
@@ -213,7 +213,7 @@ HUB_LOADS = {
 
 
 @pytest.mark.parametrize('create', HUB_LOADS.values(), ids=HUB_LOADS.keys())
-def test_hub_cache_loads_offline_with_identical_logits(create, hub_cache, reference, trained_run, tmp_path):
+def test_hub_cache_loads_offline_with_identical_logits(create, hub_cache, reference, small_run, tmp_path):
     x, logits = reference
     torch.save(x, tmp_path / 'x.pt')
     code = f"""
@@ -221,7 +221,7 @@ import timm, timm_fct, torch
 from timm_fct.hub import register_pretrained_tag
 from timm_fct.runs import read_run_info
 torch.set_num_threads({torch.get_num_threads()})
-info = read_run_info({str(trained_run)!r})
+info = read_run_info({str(small_run)!r})
 model = {create}.eval()
 assert model.pretrained_cfg['label_names'] == info.label_names, model.pretrained_cfg
 with torch.no_grad():
@@ -244,8 +244,8 @@ assert timm.get_pretrained_cfg(name).hf_hub_id == '{REPO_ID}'
     assert result.returncode == 0, result.stderr
 
 
-def test_push_sends_the_export_as_one_commit(fake_hub, trained_run, run_info, exported, capsys):
-    result = run_cli(capsys, trained_run, '--repo-id', REPO_ID)
+def test_push_sends_the_export_as_one_commit(fake_hub, small_run, run_info, exported, capsys):
+    result = run_cli(capsys, small_run, '--repo-id', REPO_ID)
     assert result.rc == 0, result.err
     assert fake_hub.calls == ['file_exists', 'create_repo', 'create_commit']
     commit, = fake_hub.commits
@@ -267,11 +267,11 @@ def test_push_keeps_an_existing_model_card_unless_told(fake_hub, exported):
     assert 'README.md' in fake_hub.commits[0]['files']
 
 
-def test_dry_run_lists_the_upload_without_network_or_token(no_network, no_token, trained_run, capsys):
-    result = run_cli(capsys, trained_run, '--repo-id', REPO_ID, '--dry-run')
+def test_dry_run_lists_the_upload_without_network_or_token(no_network, no_token, small_run, capsys):
+    result = run_cli(capsys, small_run, '--repo-id', REPO_ID, '--dry-run')
     assert result.rc == 0, result.err
     assert f'would upload to https://huggingface.co/{REPO_ID}' in result.out
-    size = (trained_run / 'accuracy.png').stat().st_size
+    size = (small_run / 'accuracy.png').stat().st_size
     assert re.search(rf'accuracy\.png +{size / 1e3:.1f} kB', result.out), result.out
     assert re.search(r'model\.safetensors +\d+\.\d MB', result.out), result.out
     assert 'nothing was sent' in result.out
@@ -302,8 +302,8 @@ BAD_RUNS: Dict[str, tuple] = {
 
 
 @pytest.mark.parametrize('make, message', BAD_RUNS.values(), ids=BAD_RUNS.keys())
-def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message, trained_run, tmp_path, capsys):
-    run = make(trained_run, tmp_path)
+def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message, small_run, tmp_path, capsys):
+    run = make(small_run, tmp_path)
     before = sorted(tmp_path.iterdir())
     result = run_cli(capsys, run, '--out', tmp_path / 'export')
     assert result.rc == 1 and message in result.err, result.err
@@ -339,16 +339,16 @@ def test_export_not_matching_its_config_is_refused_before_upload(damage, message
 
 
 @pytest.mark.parametrize('repo_id', ['fct-digits', 'org/fct/digits', 'org/fct digits', 'org/-fct', 'org/a--b'])
-def test_malformed_repo_id_is_refused_up_front(repo_id, no_network, trained_run, tmp_path, capsys):
+def test_malformed_repo_id_is_refused_up_front(repo_id, no_network, small_run, tmp_path, capsys):
     start = time.monotonic()
-    result = run_cli(capsys, trained_run, '--repo-id', repo_id, '--out', tmp_path / 'export')
+    result = run_cli(capsys, small_run, '--repo-id', repo_id, '--out', tmp_path / 'export')
     assert result.rc == 1 and f'malformed repo id {repo_id!r}' in result.err, result.err
     assert list(tmp_path.iterdir()) == []
     assert time.monotonic() - start < 5
 
 
-def test_push_without_token_says_how_to_log_in(no_token, no_network, trained_run, exported, tmp_path, capsys):
-    result = run_cli(capsys, trained_run, '--repo-id', REPO_ID, '--out', tmp_path / 'export')
+def test_push_without_token_says_how_to_log_in(no_token, no_network, small_run, exported, tmp_path, capsys):
+    result = run_cli(capsys, small_run, '--repo-id', REPO_ID, '--out', tmp_path / 'export')
     assert result.rc == 1 and NO_TOKEN in result.err, result.err
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(HubError, match='no Hugging Face token'):

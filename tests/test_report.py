@@ -28,9 +28,9 @@ REPORT_FILES = {'metrics.json', 'metrics.md', 'confusion_matrix.png', 'gradcam.p
 
 
 @pytest.fixture(scope='session')
-def digits_run(trained_run) -> Path:
+def digits_run(small_run) -> Path:
     """The main train.py job's run folder: a trained FCT model on the embedded digits."""
-    return trained_run
+    return small_run
 
 
 def run_report(*args: str) -> subprocess.CompletedProcess:

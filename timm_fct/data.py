@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_dataset, create_transform
+from timm.data.transforms import MaybeToTensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
@@ -20,6 +21,7 @@ DIGITS_STD = (0.3758,) * 3
 DIGITS_VAL_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
 TORCH_DOWNLOADABLE = ('torch/cifar10', 'torch/cifar100')
+IN_MEMORY_DATASETS = (DIGITS, *TORCH_DOWNLOADABLE)  # small enough to hold whole on the training device
 TRAIN_SPLITS = ('train', 'training')
 
 
@@ -107,17 +109,25 @@ def class_names(dataset: Dataset) -> List[str]:
     raise DatasetError(f'cannot tell the class names of {type(dataset).__name__}')
 
 
+def train_geometry(img_size: int) -> Callable:
+    """What a training image goes through before the random augmentation: resized to img_size."""
+    return transforms.Resize(img_size)
+
+
 def pad_crop_flip_transform(
         img_size: int,
         mean: Sequence[float],
         std: Sequence[float],
         padding: int = 4,
-        hflip: bool = True,
+        hflip: float = 0.5,
+        vflip: float = 0.,
 ) -> Callable:
-    """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, horizontal flip."""
-    steps = [transforms.Resize(img_size), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
-    if hflip:
-        steps.append(transforms.RandomHorizontalFlip())
+    """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, flips with the given probabilities."""
+    steps = [train_geometry(img_size), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
+    if hflip > 0:
+        steps.append(transforms.RandomHorizontalFlip(hflip))
+    if vflip > 0:
+        steps.append(transforms.RandomVerticalFlip(vflip))
     steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     return transforms.Compose(steps)
 
@@ -126,6 +136,13 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], c
                    interpolation: str = 'bilinear') -> Callable:
     return create_transform(
         img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
+
+
+def eval_geometry(img_size: int, crop_pct: float, interpolation: str = 'bilinear') -> Callable:
+    """eval_transform's resize and centre crop alone, for pipelines that convert and normalise themselves."""
+    full = eval_transform(img_size, (0.,) * 3, (1.,) * 3, crop_pct, interpolation)
+    return transforms.Compose([t for t in full.transforms
+                               if not isinstance(t, (transforms.ToTensor, MaybeToTensor, transforms.Normalize))])
 
 
 def default_workers() -> int:
