@@ -37,6 +37,7 @@ from timm_fct.data import (
     eval_geometry, eval_transform, pad_crop_flip_transform, train_geometry,
 )
 from timm_fct.plots import plot_curves
+from timm_fct.onecycle import OneCycleScheduler
 from timm_fct.tensor_loader import TensorLoader, preload
 from timm_fct.runs import (
     BEST, LAST, RUN_INFO, SUMMARY, RunError, RunInfo, atomic_write, check_state_fits, read_checkpoint, read_summary,
@@ -113,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--lr-base-scale', default='linear', choices=('linear', 'sqrt'))
     group.add_argument('--momentum', type=float, default=0.9)
     group.add_argument('--weight-decay', type=float, default=1e-4)
+    group.add_argument('--wd-all-params', action='store_true', default=False,
+                       help='decay every parameter, norms and biases too (torch.optim.Adam(weight_decay=...), the '
+                            "paper's setting); default: timm's exemption of norm and bias parameters")
     group.add_argument('--clip-grad', type=float, default=1.0, help='clip gradients at this global norm (0: off)')
     group.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
     group.add_argument('--sched', default='onecycle',
-                       help="'onecycle' (the paper's cyclical schedule) or any timm scheduler name")
+                       help="'onecycle' (the paper's cyclical schedule: PyTorch's OneCycleLR per update, lr and "
+                            "beta1/momentum) or any timm scheduler name")
     group.add_argument('--pct-start', type=float, default=0.3, help='onecycle: fraction of training spent warming up')
     group.add_argument('--div-factor', type=float, default=25.0, help='onecycle: starting lr = lr / div-factor')
     group.add_argument('--final-div-factor', type=float, default=1e4,
@@ -293,16 +298,18 @@ def set_epoch_seed(args: argparse.Namespace, loader: DataLoader, epoch: int) -> 
         sampler.generator.manual_seed(args.seed + epoch)
 
 
+def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """timm's factory; --wd-all-params decays norms and biases too, as torch.optim.Adam(weight_decay=...) does."""
+    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                               momentum=args.momentum, filter_bias_and_bn=not args.wd_all_params)
+
+
 def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
-    """'onecycle' is timm's cosine schedule after a linear warmup prefix, with OneCycleLR's lr ratios."""
+    """'onecycle' is PyTorch's OneCycleLR stepped per update (lr and momentum); anything else is timm's."""
     if args.sched == 'onecycle':
-        warmup = max(1, round(args.pct_start * args.epochs)) if args.epochs > 1 else 0
-        start_lr = args.lr / args.div_factor
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched='cosine', num_epochs=args.epochs - warmup, warmup_epochs=warmup, warmup_prefix=True,
-            warmup_lr=start_lr, min_lr=start_lr / args.final_div_factor, step_on_epochs=False,
-            updates_per_epoch=updates_per_epoch)
-        return scheduler
+        return OneCycleScheduler(
+            optimizer, args.lr, args.epochs * updates_per_epoch, pct_start=args.pct_start,
+            div_factor=args.div_factor, final_div_factor=args.final_div_factor)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
@@ -479,8 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train_loader, eval_loader = build_loaders(args, train_ds, eval_ds)
     task = ClassificationTask(model, criterion_kwargs=dict(smoothing=args.smoothing), device=args.device,
                               verbose=False)
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum)
+    optimizer = build_optimizer(args, model)
     loss_scaler = NativeScaler(device=args.device.type) if args.amp and args.amp_dtype == 'float16' else None
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay)

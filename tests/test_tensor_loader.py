@@ -100,3 +100,19 @@ def test_training_shards_partition_a_global_batch_and_evaluation_covers_every_im
     evaluated = [y for r in (0, 1) for _, y in epoch(TensorLoader(images, targets, 16, (0.5,), (0.5,), 'cpu',
                                                                   rank=r, world_size=2), 0, 0)]
     assert sorted(torch.cat(evaluated).tolist()) == list(range(130))
+
+
+@pytest.mark.parametrize('hflip,vflip', [(0.2, 0.0), (0.0, 0.7)])
+def test_pil_path_flip_rates_equal_their_probabilities(hflip, vflip):
+    """The PIL pipeline's flips honour their probabilities as well (any value once meant 0.5)."""
+    from PIL import Image
+    from timm_fct.data import pad_crop_flip_transform
+    draws = 3000
+    image = Image.fromarray(coordinates(1)[0, 0].numpy(), mode='L')
+    transform = pad_crop_flip_transform(SIZE, (0.,), (1.,), padding=0, hflip=hflip, vflip=vflip)
+    plain = transforms.ToTensor()(image)
+    torch.manual_seed(0)
+    outs = torch.stack([transform(image) for _ in range(draws)])
+    for prob, dim in ((hflip, 2), (vflip, 1)):
+        rate = (outs == plain.flip(dim)).all(dim=(1, 2, 3)).float().mean().item()
+        assert rate == pytest.approx(prob, abs=4 * (prob * (1 - prob) / draws) ** 0.5 + 1e-9)

@@ -1,5 +1,6 @@
 """train.py as users drive it: the main job, what a run leaves behind, resume, DDP and user mistakes."""
 import csv
+import json
 import math
 import os
 import signal
@@ -70,16 +71,47 @@ def test_best_checkpoint_reproduces_the_reported_accuracy(small_run):
     assert max(top1) == pytest.approx(ckpt['metric'], abs=1e-3)
 
 
-def run_until_killed(tmp_path: Path, name: str, args, kill_after: str) -> None:
-    cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args, '--output', str(tmp_path),
-           '--experiment', name]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith(kill_after):  # printed once that epoch's checkpoint is on disk
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+RECORDING_WRAPPER = """
+import json, os, sys, torch
+sys.path.insert(0, {repo!r})
+import train
+step = torch.optim.Adam.step
+def recorded(self, *args, **kwargs):
+    group = self.param_groups[0]
+    with open(os.environ['RECORD_TO'], 'a') as f:
+        f.write(json.dumps([group['lr'], group['betas'][0]]) + '\\n')
+    return step(self, *args, **kwargs)
+torch.optim.Adam.step = recorded
+sys.exit(train.cli(sys.argv[1:]))
+"""
+
+
+def recording_train(tmp_path: Path, record: Path, *args: str, popen: bool = False):
+    """train.py run through a wrapper that appends (lr, beta1) before every optimizer step to `record`."""
+    wrapper = tmp_path / 'recording_train.py'
+    wrapper.write_text(RECORDING_WRAPPER.format(repo=str(REPO)))
+    cmd = [sys.executable, str(wrapper), '--no-progress', *args]
+    env = {**os.environ, 'RECORD_TO': str(record)}
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+def records(path: Path) -> list:
+    """The recorded lr and beta1 of every update, flattened: [lr_0, beta1_0, lr_1, beta1_1, ...]."""
+    return [v for line in path.read_text().splitlines() for v in json.loads(line)]
+
+
+def plain_one_cycle(max_lr: float, total: int) -> list:
+    """lr and beta1 before each step of torch.optim.Adam under a plain OneCycleLR, flattened as records()."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
+    out = []
+    for _ in range(total):
+        out += [opt.param_groups[0]['lr'], opt.param_groups[0]['betas'][0]]
+        opt.step()
+        sched.step()
+    return out
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
@@ -88,17 +120,31 @@ def assert_same_tensors(a: dict, b: dict, what: str) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f'{what}: {k}')
 
 
-def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycle(tmp_path):
     common = ('--epochs', '2', '--model-ema', '--model-ema-decay', '0.9', *QUICK)
-    straight = run_train(*common, '--output', str(tmp_path), '--experiment', 'straight')
+    straight = recording_train(tmp_path, tmp_path / 'straight.jsonl', *common, '--output', str(tmp_path),
+                               '--experiment', 'straight')
     assert straight.returncode == 0, straight.stderr
-    run_until_killed(tmp_path, 'killed', common, kill_after='epoch 1/2')
+    proc = recording_train(tmp_path, tmp_path / 'killed.jsonl', *common, '--output', str(tmp_path),
+                           '--experiment', 'killed', popen=True)
+    for line in proc.stdout:
+        if line.startswith('epoch 1/2'):  # printed once epoch 1's checkpoint is on disk
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
     killed = tmp_path / 'killed'
     assert len(summary_rows(killed)) == 1
 
-    resumed = run_train('--resume', str(killed / 'last.pth.tar'), *common)
+    resumed = recording_train(tmp_path, tmp_path / 'killed.jsonl', '--resume', str(killed / 'last.pth.tar'), *common)
     assert resumed.returncode == 0, resumed.stderr
     assert 'epoch 2/2' in resumed.stdout and 'epoch 1/2' not in resumed.stdout, 'the resume starts at epoch 2'
+    # the learning rate and Adam's beta1 follow PyTorch's OneCycleLR at every update, across the kill
+    expected = plain_one_cycle(0.01 * 64 / 128, total=2 * 21)
+    assert records(tmp_path / 'straight.jsonl') == pytest.approx(expected, rel=1e-12)
+    assert records(tmp_path / 'killed.jsonl') == pytest.approx(expected, rel=1e-12)
+    assert max(expected[1::2]) == 0.95 and min(expected[1::2]) == pytest.approx(0.85, abs=1e-3)
+
     a, b = summary_rows(tmp_path / 'straight'), summary_rows(killed)
     assert len(a) == len(b) == 2
     for key in ('train_loss', 'eval_loss', 'eval_top1', 'eval_ema_loss', 'eval_ema_top1', 'lr'):
@@ -309,4 +355,19 @@ def test_paper_configs_are_complete_and_valid():
         assert cfg['model'] == model and timm.is_model(model)
         assert (cfg['opt'], cfg['lr_base'], cfg['lr_base_size'], cfg['weight_decay']) == ('adam', 0.01, 128, 1e-4)
         assert (cfg['sched'], cfg['clip_grad'], cfg['epochs'], cfg['batch_size']) == ('onecycle', 1.0, 200, 128)
-        assert cfg['dataset'] == 'torch/cifar10' and cfg['hflip'] == 0.5
+        assert cfg['dataset'] == 'torch/cifar10' and cfg['hflip'] == cfg['vflip'] == 0.5
+        assert cfg['wd_all_params'] is True
+
+
+@pytest.mark.parametrize('flag,decayed', [((), 'weights only'), (('--wd-all-params',), 'everything')])
+def test_weight_decay_exempts_norms_and_biases_unless_told(flag, decayed):
+    """timm exempts norm and bias parameters; the paper's torch.optim.Adam(weight_decay=1e-4) decays them all."""
+    from train import build_optimizer, parse_args
+    model = timm.create_model('resnet18_fct_bn_cifar')
+    args = parse_args(['--lr', '0.01', *flag])
+    optimizer = build_optimizer(args, model)
+    decay = {id(p) for g in optimizer.param_groups if g['weight_decay'] == 1e-4 for p in g['params']}
+    one_d = [p for p in model.parameters() if p.ndim <= 1]  # norm weights and biases
+    assert sum(len(g['params']) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert all(id(p) in decay for p in model.parameters() if p.ndim > 1)
+    assert all((id(p) in decay) == (decayed == 'everything') for p in one_d)
