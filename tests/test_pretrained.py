@@ -9,17 +9,20 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import run_offline, write_hub_cache
 from timm_fct.fct import checkpoint_filter_fn
 
-@pytest.fixture(scope='module')
-def resnet18_hub_cache(tmp_path_factory):
-    """A stand-in for timm/resnet18.a1_in1k: real ResNet-18 weights (random, seeded) in the cache layout."""
-    hf_home = tmp_path_factory.mktemp('hf_home')
+def backbone_hub_cache(hf_home, arch: str):
+    """A stand-in for timm/<arch>.a1_in1k: real weights of that architecture (random, seeded) in the cache layout."""
     torch.manual_seed(0)
-    weights = timm.create_model('resnet18').state_dict()
-    snapshot = write_hub_cache(hf_home, 'timm/resnet18.a1_in1k', {
+    weights = timm.create_model(arch).state_dict()
+    snapshot = write_hub_cache(hf_home, f'timm/{arch}.a1_in1k', {
         'model.safetensors': lambda p: save_file(weights, str(p)),
-        'config.json': lambda p: p.write_text(json.dumps({'architecture': 'resnet18', 'num_classes': 1000})),
+        'config.json': lambda p: p.write_text(json.dumps({'architecture': arch, 'num_classes': 1000})),
     })
     return hf_home, snapshot / 'model.safetensors'
+
+
+@pytest.fixture(scope='module')
+def resnet18_hub_cache(tmp_path_factory):
+    return backbone_hub_cache(tmp_path_factory.mktemp('hf_home'), 'resnet18')
 
 
 def test_imagenet_backbone_loads_from_hub_cache_offline(resnet18_hub_cache, tmp_path):
@@ -44,6 +47,29 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
     for k, v in backbone.items():
         torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
     assert any(k.startswith('fct.') for k in loaded) and 'head.fc.weight' in loaded
+
+
+def test_resnet50_backbone_and_features_only_load_offline(tmp_path):
+    """The paper's backbone, and features_only=True with pretrained weights: backbone bit-exact, FCT outputs out."""
+    hf_home, weights_file = backbone_hub_cache(tmp_path / 'hf_home', 'resnet50')
+    out = tmp_path / 'loaded.safetensors'
+    code = f"""
+import timm, timm_fct, torch
+from safetensors.torch import save_file
+model = timm.create_model('resnet50_fct_bn', pretrained=True, features_only=True, out_indices=(0, 2))
+with torch.no_grad():
+    feats = model.eval()(torch.randn(1, 3, 64, 64))
+# taps 1 and 3 of ResNet-50 reduce 4x and 16x, the patch embedding 2x more: 8x8 and 2x2 at 64 px
+assert [tuple(f.shape) for f in feats] == [(1, 96, 8, 8), (1, 96, 2, 2)], [f.shape for f in feats]
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
+"""
+    result = run_offline(hf_home, code)
+    assert result.returncode == 0, result.stderr
+    hub, loaded = load_file(str(weights_file)), load_file(str(out))
+    backbone = {k.split('backbone.', 1)[1]: v for k, v in loaded.items() if 'backbone.' in k}
+    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
+    for k, v in backbone.items():
+        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
 
 
 def test_imagenet_backbone_adapts_to_grayscale_offline(resnet18_hub_cache, tmp_path):
