@@ -136,8 +136,10 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycl
     killed = tmp_path / 'killed'
     assert len(summary_rows(killed)) == 1
 
+    metadata = {name: (killed / name).read_bytes() for name in ('args.yaml', 'run.json')}
     resumed = recording_train(tmp_path, tmp_path / 'killed.jsonl', '--resume', str(killed / 'last.pth.tar'), *common)
     assert resumed.returncode == 0, resumed.stderr
+    assert {name: (killed / name).read_bytes() for name in metadata} == metadata, 'written once, at the start'
     assert 'epoch 2/2' in resumed.stdout and 'epoch 1/2' not in resumed.stdout, 'the resume starts at epoch 2'
     # the learning rate and Adam's beta1 follow PyTorch's OneCycleLR at every update, across the kill
     expected = plain_one_cycle(0.01 * 64 / 128, total=2 * 21)
