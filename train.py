@@ -262,7 +262,8 @@ def build_memory_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: D
     return train_loader, TensorLoader(eval_images, eval_targets, **common)
 
 
-def build_pil_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[DataLoader, DataLoader]:
+def build_pil_loaders(args: argparse.Namespace, train_ds: Dataset,
+                      eval_ds: Dataset) -> Tuple[DataLoader, DataLoader]:
     if args.pad_crop > 0:
         train_ds.transform = pad_crop_flip_transform(
             args.img_size, args.mean, args.std, padding=args.pad_crop, hflip=args.hflip, vflip=args.vflip)

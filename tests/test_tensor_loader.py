@@ -22,7 +22,8 @@ def test_identity_transform_gives_the_pil_paths_exact_tensors():
     images, targets = preload(ds, train_geometry(SIZE))
     loader = TensorLoader(images, targets, batch_size=100, mean=DIGITS_MEAN, std=DIGITS_STD, device='cpu')
     batch, labels = next(iter(loader))
-    pil = transforms.Compose([train_geometry(SIZE), transforms.ToTensor(), transforms.Normalize(DIGITS_MEAN, DIGITS_STD)])
+    pil = transforms.Compose(
+        [train_geometry(SIZE), transforms.ToTensor(), transforms.Normalize(DIGITS_MEAN, DIGITS_STD)])
     expected = torch.stack([pil(ds[i][0]) for i in range(100)])
     torch.testing.assert_close(batch, expected, rtol=0, atol=0)
     assert labels.tolist() == ds.targets[:100]
