@@ -85,9 +85,9 @@ def expected_metric_rows(run: Path) -> List[str]:
 
 @pytest.fixture(scope='module')
 def reference(small_run):
-    """A fixed batch and the logits of the trained model as runs.load_trained_model builds it."""
-    model, _ = load_trained_model(small_run)
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    """A fixed batch at the run's input size, and the logits of the model runs.load_trained_model builds."""
+    model, info = load_trained_model(small_run)
+    x = torch.randn(4, *info.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return x, model(x)
 
@@ -205,10 +205,11 @@ def test_local_dir_loads_with_identical_logits(exported, reference, run_info):
 
 HUB_LOADS = {
     'hf-hub': f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)",
-    'registered-tag': (  # the run's preprocessing and labels, as a default_cfgs entry in fct.py would state them
+    'registered-tag': (  # the run's preprocessing and labels, as a default_cfgs entry in fct.py would state them;
+        # the run's model arguments (a narrow FCT head) are the caller's, as for any timm model
         "timm.create_model(register_pretrained_tag("
         f"info.model, 'digits', '{REPO_ID}', num_classes=info.num_classes, label_names=info.label_names, "
-        "**info.pretrained_cfg), pretrained=True)"),
+        "**info.pretrained_cfg), pretrained=True, **info.model_kwargs)"),
 }
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -22,7 +23,6 @@ from timm_fct import report
 from timm_fct.runs import BEST
 
 MODEL = 'resnet18_fct_bn_cifar'
-IMG_SIZE = 32
 EVAL_IMAGES = 96  # --max-images for the CLI runs: enough for every digit, quick on two cores
 REPORT_FILES = {'metrics.json', 'metrics.md', 'confusion_matrix.png', 'gradcam.png', 'attention.png', 'index.html'}
 
@@ -129,36 +129,54 @@ def test_gradcam_targets_the_last_backbone_stage():
     assert report.gradcam_target_layer(resnet) is resnet.layer4
 
 
+def forward_recording(model: nn.Module, x: torch.Tensor, names: str = 'qkv') -> List[Dict[str, torch.Tensor]]:
+    """One forward pass; per FCT module, the outputs of its attention's named layers and the input of its
+    output projection ('sdpa': what scaled_dot_product_attention returned, heads concatenated)."""
+    seen: List[Dict[str, torch.Tensor]] = [{} for _ in model.fct]
+    hooks = []
+    for record, block in zip(seen, model.fct.values()):
+        hooks += [getattr(block.attn, n).register_forward_hook(lambda m, i, o, r=record, n=n: r.__setitem__(n, o))
+                  for n in names]
+        hooks.append(block.attn.proj.register_forward_hook(lambda m, i, o, r=record: r.__setitem__('sdpa', i[0])))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
 @pytest.mark.parametrize('height,width', [(32, 32), (32, 48)])
 def test_attention_maps_have_each_taps_kv_shape(height, width):
+    """The maps lie on the K/V grid each module attended over, strided on large grids, as the model ran it."""
     torch.manual_seed(0)
     model = timm.create_model(MODEL, num_classes=10).eval()
-    attention, outputs = report.fct_tap_maps(model, torch.randn(2, 3, height, width))
-    assert len(attention) == len(outputs) == len(model.taps)
-    for block, info, attn, out in zip(model.fct, model.feature_info, attention, outputs):
+    x = torch.randn(2, 3, height, width)
+    applied = forward_recording(model, x, names='v')
+    attention, outputs = report.fct_tap_maps(model, x)
+    assert len(attention) == len(outputs) == len(model.fct)
+    strided = 0
+    for info, record, attn, out in zip(model.feature_info, applied, attention, outputs):
         tap_grid = (-(-height // info['reduction']), -(-width // info['reduction']))  # FCT output of this tap
-        kv_stride = block.attn.k_conv.conv.stride[0]
+        kv_grid = tuple(record['v'].shape[-2:])
+        strided += kv_grid != tap_grid
         assert out.shape == (2, *tap_grid)
-        assert attn.shape == (2, -(-tap_grid[0] // kv_stride), -(-tap_grid[1] // kv_stride))
+        assert attn.shape == (2, *kv_grid)
         assert torch.allclose(attn.sum(dim=(1, 2)), torch.ones(2))  # a distribution over K/V positions
+    assert strided, 'no module strided its K/V at this size: the strided path went untested'
 
 
 def test_attention_weights_are_those_the_model_applies():
-    """weights @ V must give what the model's own scaled_dot_product_attention gave."""
+    """weights @ V must give what each module's own scaled_dot_product_attention gave, strided K/V included."""
     torch.manual_seed(0)
     model = timm.create_model(MODEL, num_classes=10).eval()
-    attn = model.fct[1].attn
-    seen = {}
-    hooks = [getattr(attn, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n in 'qkv']
-    hooks.append(attn.proj.register_forward_hook(lambda m, i, o: seen.__setitem__('sdpa', i[0])))
-    with torch.no_grad():
-        model(torch.randn(2, 3, 32, 32))
-    for hook in hooks:
-        hook.remove()
-    weights = report.attention_weights(seen['q'], seen['k'], attn.num_heads)
-    v = report._to_tokens(seen['v'], attn.num_heads)
-    B, C, H, W = seen['sdpa'].shape
-    assert torch.allclose((weights @ v).transpose(-1, -2).reshape(B, C, H, W), seen['sdpa'], atol=1e-5)
+    for block, seen in zip(model.fct.values(), forward_recording(model, torch.randn(2, 3, 32, 32))):
+        attn = block.attn
+        weights = report.attention_weights(seen['q'], seen['k'], attn.num_heads)
+        v = report._to_tokens(seen['v'], attn.num_heads)
+        B, C, H, W = seen['sdpa'].shape
+        assert torch.allclose((weights @ v).transpose(-1, -2).reshape(B, C, H, W), seen['sdpa'], atol=1e-5)
 
 
 def truncated_checkpoint(digits_run: Path, tmp_path: Path) -> Path:

@@ -290,16 +290,22 @@ def fct_tap_maps(model: FctResNet, images: torch.Tensor) -> Tuple[List[torch.Ten
             captured[key] = output.detach()
         return hook
 
+    blocks = list(model.fct.values())  # in tap order, as forward_intermediates returns their outputs
     handles = [getattr(block.attn, name).register_forward_hook(keep((i, name)))
-               for i, block in enumerate(model.fct) for name in ('q', 'k')]
+               for i, block in enumerate(blocks) for name in ('q', 'k')]
     try:
         outputs = model.forward_intermediates(images, intermediates_only=True)
     finally:
         for handle in handles:
             handle.remove()
     attention = [attention_received(captured[i, 'q'], captured[i, 'k'], block.attn.num_heads)
-                 for i, block in enumerate(model.fct)]
+                 for i, block in enumerate(blocks)]
     return attention, [out.mean(dim=1) for out in outputs]
+
+
+def fct_stages(model: FctResNet) -> List[int]:
+    """The backbone stage each kept FCT module reads: model.fct is keyed by position in model.taps."""
+    return [model.taps[int(key)] for key in model.fct]
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -435,7 +441,7 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
         attention, outputs = fct_tap_maps(lm.model, images)
         labels = [f'pred {names[p]}\ntrue {names[ev.targets[i]]}' for i, p in zip(picks, preds)]
         plot_attention_grid(display, [a.cpu().numpy() for a in attention], [o.cpu().numpy() for o in outputs],
-                            lm.model.taps, labels, folder / ATTENTION_PNG)
+                            fct_stages(lm.model), labels, folder / ATTENTION_PNG)
     return row
 
 
