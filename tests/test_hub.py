@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.models import save_for_hf
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.hub import NO_TOKEN, HubError, export, load_run, push, validate_export
@@ -348,6 +349,34 @@ def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message
     result = run_cli(capsys, run, '--out', tmp_path / 'export')
     assert result.rc == 1 and message in result.err, result.err
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_export_failing_after_its_temporary_folder_exists_leaves_nothing(small_run, tmp_path, monkeypatch, capsys):
+    """config.json saved for another head: validation refuses the folder after the weights were written into it."""
+    saved_in = []
+
+    def save_for_another_head(model, folder, **kwargs):
+        save_for_hf(model, folder, **kwargs)
+        saved_in.append(Path(folder))
+        _edit_config(Path(folder))
+
+    monkeypatch.setattr('timm_fct.hub.save_for_hf', save_for_another_head)
+    result = run_cli(capsys, small_run, '--out', tmp_path / 'export')
+    assert result.rc == 1 and 'model.safetensors does not match config.json' in result.err, result.err
+    assert [p.parent for p in saved_in] == [tmp_path]  # it failed in a temporary folder beside --out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_export_leaves_nothing(small_run, tmp_path, monkeypatch):
+    """Ctrl-C while the model card is written, after the weights: no folder, no hidden temporary folder."""
+    def interrupt(*args, **kwargs):
+        assert any(tmp_path.glob('.export.*/model.safetensors'))  # the temporary folder holds the weights
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr('timm_fct.hub.model_card', interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export(small_run, tmp_path / 'export')
+    assert list(tmp_path.iterdir()) == []
 
 
 def _edit_config(folder: Path) -> None:
