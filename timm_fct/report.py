@@ -3,7 +3,8 @@
     python -m timm_fct.report RUN [RUN ...] --out DIR
 
 RUN is a train.py run folder, a checkpoint file, or an 'hf-hub:' / 'local-dir:' model. The report holds
-top-1 / top-5, per-class accuracy and the most confused class pairs (metrics.json, metrics.md), the
+top-1 / top-5, per-class accuracy and the most confused class pairs (metrics.json, metrics.md, which also
+record whether a run's EMA or raw weights were evaluated and the checkpoint's epoch), the
 confusion matrix (Fig. 3), Grad-CAM maps with the predicted class and confidence (Figs. 4 and 5), the
 attention each FCT module pays over its input (the coarse-to-fine discussion of Fig. 4), and an
 index.html showing all of it. Given several models it also compares them side by side, as Table 1 does,
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from .data import DIGITS, DatasetError, build_dataset, class_names, default_workers, eval_transform
 from .fct import FctResNet, _to_tokens  # the model's own token layout, so the weights match its SDPA call
-from .runs import HUB_PREFIXES, RunError, RunInfo, load_trained_model
+from .runs import HUB_PREFIXES, RunError, RunInfo, load_run, load_trained_model
 
 METRICS_JSON = 'metrics.json'
 METRICS_MD = 'metrics.md'
@@ -53,6 +54,7 @@ MAX_CONFUSED_PAIRS = 10
 GRID_COLUMNS = 4
 
 Table = Tuple[List[str], List[List[str]]]  # headers, rows of already formatted cells
+WEIGHT_FLAGS = {None: 'auto', True: 'ema', False: 'raw'}  # --ema / --no-ema / neither, as runs.load_run takes it
 
 
 class ReportError(ValueError):
@@ -65,6 +67,8 @@ class LoadedModel:
     name: str  # short display name
     model: nn.Module
     info: RunInfo
+    weights: Optional[str] = None  # 'ema' or 'raw' weights of a run's checkpoint; None for a Hub model's only ones
+    epoch: Optional[int] = None  # the checkpoint's epoch, which names the summary.csv row it was evaluated in
 
 
 @dataclass
@@ -102,12 +106,24 @@ def display_name(spec: str) -> str:
 
 
 def load_model(spec: str, use_ema: Optional[bool], device: torch.device) -> LoadedModel:
-    """runs.load_trained_model, with Hub and file-system failures turned into a clear error."""
+    """A Hub model, or a run's EMA or raw weights (recorded, so its metrics can be checked against the run's)."""
     try:
-        model, info = load_trained_model(spec, use_ema=use_ema)
+        if spec.startswith(HUB_PREFIXES):
+            model, info = load_trained_model(spec)
+            return LoadedModel(spec=spec, name=display_name(spec), model=model.to(device), info=info)
+        trained = load_run(spec, WEIGHT_FLAGS[use_ema])
     except OSError as e:  # huggingface_hub and file-system errors: offline, missing repo, unreadable file
         raise ReportError(f'cannot load model {spec}: {e}') from None
-    return LoadedModel(spec=spec, name=display_name(spec), model=model.to(device), info=info)
+    return LoadedModel(spec=spec, name=display_name(spec), model=trained.model.to(device), info=trained.info,
+                       weights='ema' if trained.ema else 'raw', epoch=trained.epoch)
+
+
+def weights_line(lm: LoadedModel) -> str:
+    """Which weights were evaluated, in words, for metrics.md and index.html."""
+    if lm.weights is None:
+        return f'The weights published as {lm.spec}.'
+    epoch = '' if lm.epoch is None else f' (epoch {lm.epoch}, counted from 0)'
+    return f"{'EMA' if lm.weights == 'ema' else 'Raw'} weights of the checkpoint{epoch}."
 
 
 def resolve_dataset(name: Optional[str], data_dir: Optional[str],
@@ -240,7 +256,8 @@ def html_table(table: Table) -> str:
 def metrics_markdown(row: Dict[str, Any]) -> str:
     m = row['metrics']
     confused = markdown_table(confused_table(m)) if m['most_confused'] else 'No misclassified images.\n'
-    return (f"# {row['name']}\n\n{row['dataset_line']}\n\n{markdown_table(summary_table([row]))}\n"
+    return (f"# {row['name']}\n\n{row['dataset_line']}. {row['weights_line']}\n\n"
+            f"{markdown_table(summary_table([row]))}\n"
             f"## Per-class accuracy\n\n{markdown_table(per_class_table(m))}\n"
             f"## Most confused class pairs\n\n{confused}")
 
@@ -422,9 +439,11 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
     ev = evaluate(lm.model, loader, device, desc=f'evaluating {lm.name}')
     metrics = compute_metrics(ev, names)
     row = {'name': lm.name, 'spec': lm.spec, 'arch': lm.info.model, 'dataset_line': dataset_line,
-           'folder': folder, 'has_attention': isinstance(lm.model, FctResNet), 'metrics': metrics}
+           'weights_line': weights_line(lm), 'folder': folder, 'has_attention': isinstance(lm.model, FctResNet),
+           'metrics': metrics}
     (folder / METRICS_JSON).write_text(json.dumps(
-        {'model': lm.spec, 'arch': lm.info.model, 'dataset': dataset_line, **metrics}, indent=2))
+        {'model': lm.spec, 'arch': lm.info.model, 'dataset': dataset_line, 'weights': lm.weights,
+         'checkpoint_epoch': lm.epoch, **metrics}, indent=2))
     (folder / METRICS_MD).write_text(metrics_markdown(row))
     plot_confusion_matrix(metrics, lm.name, folder / CONFUSION_PNG)
 
@@ -466,6 +485,7 @@ def model_section(row: Dict[str, Any], prefix: str) -> str:
     confused = html_table(confused_table(m)) if m['most_confused'] else '<p>No misclassified images.</p>'
     return (f'<section class="model"><h2>{name}</h2>'
             f'<p>{html.escape(row["arch"])} on {html.escape(row["dataset_line"])}. '
+            f'{html.escape(row["weights_line"])} '
             f'<a href="{html.escape(prefix + METRICS_JSON)}">metrics.json</a> · '
             f'<a href="{html.escape(prefix + METRICS_MD)}">metrics.md</a></p>'
             f'{html_table(summary_table([row]))}'
