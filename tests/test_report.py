@@ -135,11 +135,66 @@ def test_gradcam_points_at_the_class_evidence():
     assert cams[1][bottom_right].sum() / cams[1].sum() > 0.9
 
 
-def test_gradcam_targets_the_last_backbone_stage():
+def pass_colours_through(conv: nn.Conv2d) -> None:
+    """Output channel i is input channel i at the kernel centre (so a stride-s conv samples every s-th pixel)."""
+    conv.weight.zero_()
+    n = min(conv.weight.shape[:2])
+    conv.weight[range(n), range(n), conv.weight.shape[2] // 2, conv.weight.shape[3] // 2] = 1.0
+    if conv.bias is not None:
+        conv.bias.zero_()
+
+
+def colour_evidence_fct() -> nn.Module:
+    """A resnet18_fct_bn_cifar whose class-c logit is the amount of colour c (red 0, green 1) in its FCT outputs.
+
+    The backbone and the patch embeddings pass the colours through (norms are identities), the attention
+    and focus branches add nothing, and g's projection is zero: the class evidence reaches the logits only
+    through the FCT modules, and the last backbone stage not at all, as g is all it feeds.
+    """
+    model = timm.create_model(MODEL, num_classes=2, embed_dim=8).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()  # running mean 0, variance 1, weight 1, bias 0
+        for conv in [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]:
+            pass_colours_through(conv)
+        model.head.fc.weight.zero_()
+        model.head.fc.bias.zero_()
+        for i, block in enumerate(model.fct.values()):
+            pass_colours_through(block.patch_embed)
+            for silenced in (block.global_proj, block.attn.proj, block.focus.conv):
+                silenced.weight.zero_()
+                silenced.bias.zero_()
+            model.head.fc.weight[[0, 1], [8 * i, 8 * i + 1]] = 1.0  # channel c of each module votes for class c
+    return model
+
+
+def test_gradcam_of_an_fct_model_points_at_the_evidence_its_fct_modules_carry():
+    """Red top-left, green bottom-right, on every module's sampling grid (multiples of 8): each class's map
+    lies in its colour's quadrant. Grad-CAM on the last backbone stage would give empty maps here."""
+    h, w = 24, 40
+    image = torch.zeros(1, 3, h, w)
+    image[0, 0, 0:8, 0:16] = 1.0  # red: class 0
+    image[0, 1, 16:24, 24:40] = 1.0  # green: class 1
+    model = colour_evidence_fct()
+    with torch.no_grad():
+        red_only = model(image * torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))[0]
+    assert red_only[0] > 0 and red_only[1] == 0  # as built: red is evidence for class 0 and for nothing else
+    cams = report.gradcam_maps(model, image.repeat(2, 1, 1, 1), [0, 1])
+    assert cams.shape == (2, h, w)
+    for cam, (rows, cols) in zip(cams, [(slice(0, h // 2), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))]):
+        assert cam.max() > 0, 'an empty map: the target layers do not reach the logits'
+        assert cam[rows, cols].sum() / cam.sum() > 0.9
+        peak = np.unravel_index(cam.argmax(), cam.shape)
+        assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
+
+
+def test_gradcam_targets_what_the_classifier_reads():
+    """Every FCT module of an FCT model (in tap order); the last stage of a plain network."""
     fct = timm.create_model(MODEL, num_classes=10)
-    assert report.gradcam_target_layer(fct) is fct.backbone.layer4
+    assert report.gradcam_target_layers(fct) == [fct.fct['0'], fct.fct['1'], fct.fct['2']]
     resnet = timm.create_model('resnet18_cifar', num_classes=10)
-    assert report.gradcam_target_layer(resnet) is resnet.layer4
+    assert report.gradcam_target_layers(resnet) == [resnet.layer4]
 
 
 def forward_recording(model: nn.Module, x: torch.Tensor, names: str = 'qkv') -> List[Dict[str, torch.Tensor]]:

@@ -4,12 +4,12 @@
 
 RUN is a train.py run folder, a checkpoint file, or an 'hf-hub:' / 'local-dir:' model. The report holds
 top-1 / top-5, per-class accuracy and the most confused class pairs (metrics.json, metrics.md, which also
-record whether a run's EMA or raw weights were evaluated and the checkpoint's epoch), the
-confusion matrix (Fig. 3), Grad-CAM maps with the predicted class and confidence (Figs. 4 and 5), the
-attention each FCT module pays over its input (the coarse-to-fine discussion of Fig. 4), and an
-index.html showing all of it. Given several models it also compares them side by side, as Table 1 does,
-with one sub-folder per model. The report is built in a hidden sibling folder and renamed into place at
-the end, so a failure never leaves a partial report behind.
+record whether a run's EMA or raw weights were evaluated and the checkpoint's epoch), the confusion
+matrix (Fig. 3), Grad-CAM maps with the predicted class and confidence (Figs. 4 and 5; for an FCT model,
+on the FCT module outputs its classifier reads), the attention each FCT module pays over its input (the
+coarse-to-fine discussion of Fig. 4), and an index.html showing all of it. Given several models it also
+compares them side by side, as Table 1 does, with one sub-folder per model. The report is built in a
+hidden sibling folder and renamed into place at the end, so a failure never leaves a partial report behind.
 """
 import argparse
 import html
@@ -264,22 +264,41 @@ def metrics_markdown(row: Dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------- maps
 
-def gradcam_target_layer(model: nn.Module) -> nn.Module:
-    """The last backbone stage: its maps are the finest that still carry class evidence (Figs. 4, 5)."""
+def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
+    """The maps the classifier reads: every FCT module's output for an FCT model, else the last stage.
+
+    An FCT model classifies the pooled FCT outputs; its last backbone stage reaches the logits only through
+    the pooled global descriptor g, so Grad-CAM there would show the g path, not the modules. For a plain
+    network the last stage's maps are the finest that still carry class evidence (Figs. 4, 5).
+    """
     if isinstance(model, FctResNet):
-        return model.backbone.layer4
+        return list(model.fct.values())
     if isinstance(getattr(model, 'layer4', None), nn.Module):
-        return model.layer4
+        return [model.layer4]
     feature_info = getattr(model, 'feature_info', None)
     if isinstance(feature_info, list) and feature_info and 'module' in feature_info[-1]:
-        return model.get_submodule(feature_info[-1]['module'])
+        return [model.get_submodule(feature_info[-1]['module'])]
     raise ReportError(f'no Grad-CAM target layer known for {type(model).__name__}')
 
 
+def gradcam_title(model: nn.Module) -> str:
+    if isinstance(model, FctResNet):
+        return f'Grad-CAM on the {len(model.fct)} FCT module outputs the classifier reads (their mean)'
+    return 'Grad-CAM on the last backbone stage'
+
+
 def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-    """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (B, H, W)."""
-    with GradCAM(model=model, target_layers=[gradcam_target_layer(model)]) as cam:
-        return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (B, H, W).
+
+    One map per target layer, each scaled to [0, 1] and resized to the image, then averaged: an FCT
+    model's modules run at different resolutions and each carries part of the evidence.
+    """
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    maps = []
+    for layer in gradcam_target_layers(model):  # one pass per layer: its gradients are matched to no other
+        with GradCAM(model=model, target_layers=[layer]) as cam:
+            maps.append(cam(input_tensor=images, targets=targets))
+    return scale_cam_image(np.mean(maps, axis=0))
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -369,7 +388,7 @@ def plot_confusion_matrix(metrics: Dict[str, Any], title: str, path: Path) -> No
 
 
 def plot_gradcam_grid(images: np.ndarray, cams: np.ndarray, captions: Sequence[Tuple[str, bool]],
-                      path: Path) -> None:
+                      title: str, path: Path) -> None:
     """Figs. 4 and 5: each image with its Grad-CAM, the predicted class and confidence above it."""
     cols = min(GRID_COLUMNS, len(images))
     rows = math.ceil(len(images) / cols)
@@ -379,7 +398,7 @@ def plot_gradcam_grid(images: np.ndarray, cams: np.ndarray, captions: Sequence[T
         ax.imshow(show_cam_on_image(image, cam, use_rgb=True), interpolation='nearest')
         ax.set_title(caption, fontsize=9, color='darkgreen' if correct else 'firebrick')
         ax.axis('off')
-    fig.suptitle('Grad-CAM on the last backbone stage, for the predicted class')
+    fig.suptitle(f'{title}, for the predicted class')
     save_figure(fig, path)
 
 
@@ -439,8 +458,8 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
     ev = evaluate(lm.model, loader, device, desc=f'evaluating {lm.name}')
     metrics = compute_metrics(ev, names)
     row = {'name': lm.name, 'spec': lm.spec, 'arch': lm.info.model, 'dataset_line': dataset_line,
-           'weights_line': weights_line(lm), 'folder': folder, 'has_attention': isinstance(lm.model, FctResNet),
-           'metrics': metrics}
+           'weights_line': weights_line(lm), 'gradcam': gradcam_title(lm.model), 'folder': folder,
+           'has_attention': isinstance(lm.model, FctResNet), 'metrics': metrics}
     (folder / METRICS_JSON).write_text(json.dumps(
         {'model': lm.spec, 'arch': lm.info.model, 'dataset': dataset_line, 'weights': lm.weights,
          'checkpoint_epoch': lm.epoch, **metrics}, indent=2))
@@ -455,7 +474,7 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
                            for s in range(0, len(picks), args.batch_size)])
     captions = [(f'{names[p]} {ev.confidence[i]:.0%}\ntrue: {names[ev.targets[i]]}', p == ev.targets[i])
                 for i, p in zip(picks, preds)]
-    plot_gradcam_grid(display, cams, captions, folder / GRADCAM_PNG)
+    plot_gradcam_grid(display, cams, captions, gradcam_title(lm.model), folder / GRADCAM_PNG)
     if row['has_attention']:
         attention, outputs = fct_tap_maps(lm.model, images)
         labels = [f'pred {names[p]}\ntrue {names[ev.targets[i]]}' for i, p in zip(picks, preds)]
@@ -491,7 +510,7 @@ def model_section(row: Dict[str, Any], prefix: str) -> str:
             f'{html_table(summary_table([row]))}'
             f'<h3>Confusion matrix</h3>{figure(CONFUSION_PNG, "Confusion matrix (Fig. 3)")}'
             f'<h3>Grad-CAM</h3>'
-            f'{figure(GRADCAM_PNG, "Grad-CAM for the predicted class, with its confidence (Figs. 4, 5)")}'
+            f'{figure(GRADCAM_PNG, row["gradcam"] + ", for the predicted class, with its confidence (Figs. 4, 5)")}'
             f'<h3>FCT attention per tapped stage</h3>{attention}'
             f'<div class="tables"><div><h3>Per-class accuracy</h3>{html_table(per_class_table(m))}</div>'
             f'<div><h3>Most confused class pairs</h3>{confused}</div></div></section>')
