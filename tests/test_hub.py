@@ -1,5 +1,4 @@
 """hub/: export a run in timm's Hub layout, load it back three ways offline, and push it with the network stubbed."""
-import csv
 import importlib.util
 import json
 import re
@@ -15,12 +14,11 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.models import save_for_hf
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.hub import NO_TOKEN, HubError, export, load_run, push, validate_export
-from timm_fct.runs import (
-    BEST, RunInfo, ema_evaluated_better, find_checkpoint, load_trained_model, read_checkpoint, read_run_info,
-)
+from timm_fct.runs import BEST, RunInfo, load_trained_model, read_checkpoint, read_run_info
 
 from tests.conftest import run_offline, write_hub_cache
 
@@ -64,30 +62,70 @@ def run_info(small_run) -> RunInfo:
     return read_run_info(small_run)
 
 
-def publishes_ema(run: Path) -> bool:
-    """The issue's rule for --weights auto: EMA when the checkpoint has it and it evaluated better."""
-    return 'state_dict_ema' in read_checkpoint(find_checkpoint(run)) and ema_evaluated_better(run)
+# summary.csv of the doctored runs, written by the tests: (top-1, top-5) per epoch of the weights that evaluated
+# better and of those that evaluated worse; each one's best epoch differs from its last, so the card's columns differ
+BETTER = [(70.0, 95.0), (68.0, 94.0)]
+WORSE = [(60.0, 90.0), (65.0, 92.0)]
+EMA_WINS = {'ema-wins': True, 'ema-loses': False}  # the doctored runs, and whether EMA evaluated better in each
+CARD_LINES = {  # weights, best top-1, best top-5, last top-1, last top-5; then which weights the card says it holds
+    'ema-wins': ['| raw | 65.00 | 92.00 | 65.00 | 92.00 |', '| EMA (published) | 70.00 | 95.00 | 68.00 | 94.00 |',
+                 f'| Published weights | EMA weights of `{BEST}`'],
+    'ema-loses': ['| raw (published) | 70.00 | 95.00 | 68.00 | 94.00 |', '| EMA | 65.00 | 92.00 | 65.00 | 92.00 |',
+                  f'| Published weights | raw weights of `{BEST}`'],
+}
 
 
-def expected_metric_rows(run: Path) -> List[str]:
-    """The card's metric rows, computed straight from summary.csv."""
-    with open(run / 'summary.csv', newline='') as f:
-        rows = list(csv.DictReader(f))
-    lines = []
-    for label, prefix in (('raw', 'eval_'), ('EMA', 'eval_ema_')):
-        if not rows[0].get(f'{prefix}top1'):
-            continue
-        top1, top5 = ([float(r[f'{prefix}{k}']) for r in rows] for k in ('top1', 'top5'))
-        name = label + (' (published)' if (label == 'EMA') == publishes_ema(run) else '')
-        lines.append(f'| {name} | {max(top1):.2f} | {max(top5):.2f} | {top1[-1]:.2f} | {top5[-1]:.2f} |')
-    return lines
+def write_summary(run: Path, raw: List[tuple], ema: List[tuple]) -> None:
+    """summary.csv with train.py's columns and the given top-1 / top-5 of the raw and EMA weights."""
+    lines = ['epoch,train_loss,eval_loss,eval_top1,eval_top5,lr,epoch_time,eval_ema_loss,eval_ema_top1,eval_ema_top5']
+    lines += [f'{epoch},1.0,1.0,{r1},{r5},0.001,1.0,1.0,{e1},{e5}'
+              for epoch, ((r1, r5), (e1, e5)) in enumerate(zip(raw, ema))]
+    (run / 'summary.csv').write_text('\n'.join(lines) + '\n')
+
+
+def doctored_run(run: Path, folder: Path, ema_wins: bool) -> Path:
+    """A copy of the run (files linked, not copied) whose summary.csv says EMA evaluated better, or worse."""
+    folder.mkdir()
+    for path in run.iterdir():
+        if path.name != 'summary.csv':
+            (folder / path.name).symlink_to(path)
+    write_summary(folder, raw=WORSE if ema_wins else BETTER, ema=BETTER if ema_wins else WORSE)
+    return folder
+
+
+@pytest.fixture(scope='module')
+def checkpoint(small_run) -> dict:
+    """The run's best checkpoint, whose raw and EMA weights must differ for the weight tests to tell them apart."""
+    ckpt = read_checkpoint(small_run / BEST)
+    raw, ema = ckpt['state_dict'], ckpt['state_dict_ema']
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw), 'EMA weights equal the raw ones'
+    return ckpt
+
+
+@pytest.fixture(scope='module')
+def doctored_runs(small_run, tmp_path_factory) -> Dict[str, Path]:
+    root = tmp_path_factory.mktemp('doctored')
+    return {name: doctored_run(small_run, root / name, wins) for name, wins in EMA_WINS.items()}
+
+
+@pytest.fixture(scope='module')
+def doctored_exports(doctored_runs, tmp_path_factory) -> Dict[str, Path]:
+    """Each doctored run exported with the default --weights auto."""
+    root = tmp_path_factory.mktemp('doctored-exports')
+    return {name: export(run, root / name, repo_id=REPO_ID) for name, run in doctored_runs.items()}
+
+
+def assert_same_tensors(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
+    assert set(actual) == set(expected)
+    for name, tensor in actual.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.fixture(scope='module')
 def reference(small_run):
-    """A fixed batch and the logits of the trained model as runs.load_trained_model builds it."""
-    model, _ = load_trained_model(small_run)
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    """A fixed batch at the run's input size, and the logits of the model runs.load_trained_model builds."""
+    model, info = load_trained_model(small_run)
+    x = torch.randn(4, *info.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return x, model(x)
 
@@ -168,31 +206,33 @@ def test_model_card_describes_the_run(exported, small_run, run_info):
         assert line in front_matter.splitlines()
     assert 'Learning to Pay Multiple Attention with Fully Convolutional Transformers' in card
     assert 'Mensah, Bah and Brink' in card
-    for row in expected_metric_rows(small_run):
-        assert row in card
     assert '](accuracy.png)' in card and '](confusion_matrix.png)' in card
     assert run_info.dataset in card and (small_run / 'args.yaml').read_text().strip() in card
     assert f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)" in card
 
 
-@pytest.mark.parametrize('weights', ['auto', 'ema', 'raw'])
-def test_weights_flag_picks_ema_or_raw(small_run, weights):
-    ckpt = read_checkpoint(find_checkpoint(small_run))
-    if weights == 'ema' and 'state_dict_ema' not in ckpt:
-        pytest.skip('run trained without --model-ema')
-    ema = weights == 'ema' or (weights == 'auto' and publishes_ema(small_run))
-    expected = ckpt['state_dict_ema' if ema else 'state_dict']
-    for name, tensor in load_run(small_run, weights).model.state_dict().items():
-        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+@pytest.mark.parametrize('run, weights, expected', [
+    ('ema-wins', 'auto', 'state_dict_ema'),
+    ('ema-loses', 'auto', 'state_dict'),
+    ('ema-wins', 'raw', 'state_dict'),
+    ('ema-loses', 'ema', 'state_dict_ema'),
+])
+def test_weights_flag_picks_ema_or_raw(doctored_runs, checkpoint, run, weights, expected):
+    """auto takes EMA exactly when the run's summary says it evaluated better; ema and raw override it."""
+    assert_same_tensors(load_run(doctored_runs[run], weights).model.state_dict(), checkpoint[expected])
 
 
-def test_exported_weights_are_the_better_evaluated_ones(small_run, exported):
-    ckpt = read_checkpoint(find_checkpoint(small_run))
-    expected = ckpt['state_dict_ema' if publishes_ema(small_run) else 'state_dict']
-    weights = load_file(str(exported / 'model.safetensors'))
-    assert set(weights) == set(expected)
-    for name, tensor in weights.items():
-        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+@pytest.mark.parametrize('run', EMA_WINS)
+def test_exported_weights_are_the_better_evaluated_ones(doctored_exports, checkpoint, run):
+    expected = checkpoint['state_dict_ema' if EMA_WINS[run] else 'state_dict']
+    assert_same_tensors(load_file(str(doctored_exports[run] / 'model.safetensors')), expected)
+
+
+@pytest.mark.parametrize('run', EMA_WINS)
+def test_model_card_marks_the_published_weights(doctored_exports, run):
+    card = (doctored_exports[run] / 'README.md').read_text()
+    for line in CARD_LINES[run]:
+        assert line in card, card
 
 
 def test_local_dir_loads_with_identical_logits(exported, reference, run_info):
@@ -205,10 +245,11 @@ def test_local_dir_loads_with_identical_logits(exported, reference, run_info):
 
 HUB_LOADS = {
     'hf-hub': f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)",
-    'registered-tag': (  # the run's preprocessing and labels, as a default_cfgs entry in fct.py would state them
+    'registered-tag': (  # the run's preprocessing and labels, as a default_cfgs entry in fct.py would state them;
+        # the run's model arguments (a narrow FCT head) are the caller's, as for any timm model
         "timm.create_model(register_pretrained_tag("
         f"info.model, 'digits', '{REPO_ID}', num_classes=info.num_classes, label_names=info.label_names, "
-        "**info.pretrained_cfg), pretrained=True)"),
+        "**info.pretrained_cfg), pretrained=True, **info.model_kwargs)"),
 }
 
 
@@ -308,6 +349,34 @@ def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message
     result = run_cli(capsys, run, '--out', tmp_path / 'export')
     assert result.rc == 1 and message in result.err, result.err
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_export_failing_after_its_temporary_folder_exists_leaves_nothing(small_run, tmp_path, monkeypatch, capsys):
+    """config.json saved for another head: validation refuses the folder after the weights were written into it."""
+    saved_in = []
+
+    def save_for_another_head(model, folder, **kwargs):
+        save_for_hf(model, folder, **kwargs)
+        saved_in.append(Path(folder))
+        _edit_config(Path(folder))
+
+    monkeypatch.setattr('timm_fct.hub.save_for_hf', save_for_another_head)
+    result = run_cli(capsys, small_run, '--out', tmp_path / 'export')
+    assert result.rc == 1 and 'model.safetensors does not match config.json' in result.err, result.err
+    assert [p.parent for p in saved_in] == [tmp_path]  # it failed in a temporary folder beside --out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_export_leaves_nothing(small_run, tmp_path, monkeypatch):
+    """Ctrl-C while the model card is written, after the weights: no folder, no hidden temporary folder."""
+    def interrupt(*args, **kwargs):
+        assert any(tmp_path.glob('.export.*/model.safetensors'))  # the temporary folder holds the weights
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr('timm_fct.hub.model_card', interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export(small_run, tmp_path / 'export')
+    assert list(tmp_path.iterdir()) == []
 
 
 def _edit_config(folder: Path) -> None:

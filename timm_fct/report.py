@@ -3,12 +3,13 @@
     python -m timm_fct.report RUN [RUN ...] --out DIR
 
 RUN is a train.py run folder, a checkpoint file, or an 'hf-hub:' / 'local-dir:' model. The report holds
-top-1 / top-5, per-class accuracy and the most confused class pairs (metrics.json, metrics.md), the
-confusion matrix (Fig. 3), Grad-CAM maps with the predicted class and confidence (Figs. 4 and 5), the
-attention each FCT module pays over its input (the coarse-to-fine discussion of Fig. 4), and an
-index.html showing all of it. Given several models it also compares them side by side, as Table 1 does,
-with one sub-folder per model. The report is built in a hidden sibling folder and renamed into place at
-the end, so a failure never leaves a partial report behind.
+top-1 / top-5, per-class accuracy and the most confused class pairs (metrics.json, metrics.md, which also
+record whether a run's EMA or raw weights were evaluated and the checkpoint's epoch), the confusion
+matrix (Fig. 3), Grad-CAM maps with the predicted class and confidence (Figs. 4 and 5; for an FCT model,
+on the FCT module outputs its classifier reads), the attention each FCT module pays over its input (the
+coarse-to-fine discussion of Fig. 4), and an index.html showing all of it. Given several models it also
+compares them side by side, as Table 1 does, with one sub-folder per model. The report is built in a
+hidden sibling folder and renamed into place at the end, so a failure never leaves a partial report behind.
 """
 import argparse
 import html
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from .data import DIGITS, DatasetError, build_dataset, class_names, default_workers, eval_transform
 from .fct import FctResNet, _to_tokens  # the model's own token layout, so the weights match its SDPA call
-from .runs import HUB_PREFIXES, RunError, RunInfo, load_trained_model
+from .runs import HUB_PREFIXES, RunError, RunInfo, load_run, load_trained_model
 
 METRICS_JSON = 'metrics.json'
 METRICS_MD = 'metrics.md'
@@ -53,6 +54,7 @@ MAX_CONFUSED_PAIRS = 10
 GRID_COLUMNS = 4
 
 Table = Tuple[List[str], List[List[str]]]  # headers, rows of already formatted cells
+WEIGHT_FLAGS = {None: 'auto', True: 'ema', False: 'raw'}  # --ema / --no-ema / neither, as runs.load_run takes it
 
 
 class ReportError(ValueError):
@@ -65,6 +67,8 @@ class LoadedModel:
     name: str  # short display name
     model: nn.Module
     info: RunInfo
+    weights: Optional[str] = None  # 'ema' or 'raw' weights of a run's checkpoint; None for a Hub model's only ones
+    epoch: Optional[int] = None  # the checkpoint's epoch, which names the summary.csv row it was evaluated in
 
 
 @dataclass
@@ -102,12 +106,24 @@ def display_name(spec: str) -> str:
 
 
 def load_model(spec: str, use_ema: Optional[bool], device: torch.device) -> LoadedModel:
-    """runs.load_trained_model, with Hub and file-system failures turned into a clear error."""
+    """A Hub model, or a run's EMA or raw weights (recorded, so its metrics can be checked against the run's)."""
     try:
-        model, info = load_trained_model(spec, use_ema=use_ema)
+        if spec.startswith(HUB_PREFIXES):
+            model, info = load_trained_model(spec)
+            return LoadedModel(spec=spec, name=display_name(spec), model=model.to(device), info=info)
+        trained = load_run(spec, WEIGHT_FLAGS[use_ema])
     except OSError as e:  # huggingface_hub and file-system errors: offline, missing repo, unreadable file
         raise ReportError(f'cannot load model {spec}: {e}') from None
-    return LoadedModel(spec=spec, name=display_name(spec), model=model.to(device), info=info)
+    return LoadedModel(spec=spec, name=display_name(spec), model=trained.model.to(device), info=trained.info,
+                       weights='ema' if trained.ema else 'raw', epoch=trained.epoch)
+
+
+def weights_line(lm: LoadedModel) -> str:
+    """Which weights were evaluated, in words, for metrics.md and index.html."""
+    if lm.weights is None:
+        return f'The weights published as {lm.spec}.'
+    epoch = '' if lm.epoch is None else f' (epoch {lm.epoch}, counted from 0)'
+    return f"{'EMA' if lm.weights == 'ema' else 'Raw'} weights of the checkpoint{epoch}."
 
 
 def resolve_dataset(name: Optional[str], data_dir: Optional[str],
@@ -240,29 +256,49 @@ def html_table(table: Table) -> str:
 def metrics_markdown(row: Dict[str, Any]) -> str:
     m = row['metrics']
     confused = markdown_table(confused_table(m)) if m['most_confused'] else 'No misclassified images.\n'
-    return (f"# {row['name']}\n\n{row['dataset_line']}\n\n{markdown_table(summary_table([row]))}\n"
+    return (f"# {row['name']}\n\n{row['dataset_line']}. {row['weights_line']}\n\n"
+            f"{markdown_table(summary_table([row]))}\n"
             f"## Per-class accuracy\n\n{markdown_table(per_class_table(m))}\n"
             f"## Most confused class pairs\n\n{confused}")
 
 
 # ---------------------------------------------------------------------------------------------- maps
 
-def gradcam_target_layer(model: nn.Module) -> nn.Module:
-    """The last backbone stage: its maps are the finest that still carry class evidence (Figs. 4, 5)."""
+def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
+    """The maps the classifier reads: every FCT module's output for an FCT model, else the last stage.
+
+    An FCT model classifies the pooled FCT outputs; its last backbone stage reaches the logits only through
+    the pooled global descriptor g, so Grad-CAM there would show the g path, not the modules. For a plain
+    network the last stage's maps are the finest that still carry class evidence (Figs. 4, 5).
+    """
     if isinstance(model, FctResNet):
-        return model.backbone.layer4
+        return list(model.fct.values())
     if isinstance(getattr(model, 'layer4', None), nn.Module):
-        return model.layer4
+        return [model.layer4]
     feature_info = getattr(model, 'feature_info', None)
     if isinstance(feature_info, list) and feature_info and 'module' in feature_info[-1]:
-        return model.get_submodule(feature_info[-1]['module'])
+        return [model.get_submodule(feature_info[-1]['module'])]
     raise ReportError(f'no Grad-CAM target layer known for {type(model).__name__}')
 
 
+def gradcam_title(model: nn.Module) -> str:
+    if isinstance(model, FctResNet):
+        return f'Grad-CAM on the {len(model.fct)} FCT module outputs the classifier reads (their mean)'
+    return 'Grad-CAM on the last backbone stage'
+
+
 def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-    """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (B, H, W)."""
-    with GradCAM(model=model, target_layers=[gradcam_target_layer(model)]) as cam:
-        return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (B, H, W).
+
+    One map per target layer, each scaled to [0, 1] and resized to the image, then averaged: an FCT
+    model's modules run at different resolutions and each carries part of the evidence.
+    """
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    maps = []
+    for layer in gradcam_target_layers(model):  # one pass per layer: its gradients are matched to no other
+        with GradCAM(model=model, target_layers=[layer]) as cam:
+            maps.append(cam(input_tensor=images, targets=targets))
+    return scale_cam_image(np.mean(maps, axis=0))
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -290,16 +326,22 @@ def fct_tap_maps(model: FctResNet, images: torch.Tensor) -> Tuple[List[torch.Ten
             captured[key] = output.detach()
         return hook
 
+    blocks = list(model.fct.values())  # in tap order, as forward_intermediates returns their outputs
     handles = [getattr(block.attn, name).register_forward_hook(keep((i, name)))
-               for i, block in enumerate(model.fct) for name in ('q', 'k')]
+               for i, block in enumerate(blocks) for name in ('q', 'k')]
     try:
         outputs = model.forward_intermediates(images, intermediates_only=True)
     finally:
         for handle in handles:
             handle.remove()
     attention = [attention_received(captured[i, 'q'], captured[i, 'k'], block.attn.num_heads)
-                 for i, block in enumerate(model.fct)]
+                 for i, block in enumerate(blocks)]
     return attention, [out.mean(dim=1) for out in outputs]
+
+
+def fct_stages(model: FctResNet) -> List[int]:
+    """The backbone stage each kept FCT module reads: model.fct is keyed by position in model.taps."""
+    return [model.taps[int(key)] for key in model.fct]
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -346,7 +388,7 @@ def plot_confusion_matrix(metrics: Dict[str, Any], title: str, path: Path) -> No
 
 
 def plot_gradcam_grid(images: np.ndarray, cams: np.ndarray, captions: Sequence[Tuple[str, bool]],
-                      path: Path) -> None:
+                      title: str, path: Path) -> None:
     """Figs. 4 and 5: each image with its Grad-CAM, the predicted class and confidence above it."""
     cols = min(GRID_COLUMNS, len(images))
     rows = math.ceil(len(images) / cols)
@@ -356,7 +398,7 @@ def plot_gradcam_grid(images: np.ndarray, cams: np.ndarray, captions: Sequence[T
         ax.imshow(show_cam_on_image(image, cam, use_rgb=True), interpolation='nearest')
         ax.set_title(caption, fontsize=9, color='darkgreen' if correct else 'firebrick')
         ax.axis('off')
-    fig.suptitle('Grad-CAM on the last backbone stage, for the predicted class')
+    fig.suptitle(f'{title}, for the predicted class')
     save_figure(fig, path)
 
 
@@ -416,9 +458,11 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
     ev = evaluate(lm.model, loader, device, desc=f'evaluating {lm.name}')
     metrics = compute_metrics(ev, names)
     row = {'name': lm.name, 'spec': lm.spec, 'arch': lm.info.model, 'dataset_line': dataset_line,
-           'folder': folder, 'has_attention': isinstance(lm.model, FctResNet), 'metrics': metrics}
+           'weights_line': weights_line(lm), 'gradcam': gradcam_title(lm.model), 'folder': folder,
+           'has_attention': isinstance(lm.model, FctResNet), 'metrics': metrics}
     (folder / METRICS_JSON).write_text(json.dumps(
-        {'model': lm.spec, 'arch': lm.info.model, 'dataset': dataset_line, **metrics}, indent=2))
+        {'model': lm.spec, 'arch': lm.info.model, 'dataset': dataset_line, 'weights': lm.weights,
+         'checkpoint_epoch': lm.epoch, **metrics}, indent=2))
     (folder / METRICS_MD).write_text(metrics_markdown(row))
     plot_confusion_matrix(metrics, lm.name, folder / CONFUSION_PNG)
 
@@ -430,12 +474,12 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
                            for s in range(0, len(picks), args.batch_size)])
     captions = [(f'{names[p]} {ev.confidence[i]:.0%}\ntrue: {names[ev.targets[i]]}', p == ev.targets[i])
                 for i, p in zip(picks, preds)]
-    plot_gradcam_grid(display, cams, captions, folder / GRADCAM_PNG)
+    plot_gradcam_grid(display, cams, captions, gradcam_title(lm.model), folder / GRADCAM_PNG)
     if row['has_attention']:
         attention, outputs = fct_tap_maps(lm.model, images)
         labels = [f'pred {names[p]}\ntrue {names[ev.targets[i]]}' for i, p in zip(picks, preds)]
         plot_attention_grid(display, [a.cpu().numpy() for a in attention], [o.cpu().numpy() for o in outputs],
-                            lm.model.taps, labels, folder / ATTENTION_PNG)
+                            fct_stages(lm.model), labels, folder / ATTENTION_PNG)
     return row
 
 
@@ -460,12 +504,13 @@ def model_section(row: Dict[str, Any], prefix: str) -> str:
     confused = html_table(confused_table(m)) if m['most_confused'] else '<p>No misclassified images.</p>'
     return (f'<section class="model"><h2>{name}</h2>'
             f'<p>{html.escape(row["arch"])} on {html.escape(row["dataset_line"])}. '
+            f'{html.escape(row["weights_line"])} '
             f'<a href="{html.escape(prefix + METRICS_JSON)}">metrics.json</a> · '
             f'<a href="{html.escape(prefix + METRICS_MD)}">metrics.md</a></p>'
             f'{html_table(summary_table([row]))}'
             f'<h3>Confusion matrix</h3>{figure(CONFUSION_PNG, "Confusion matrix (Fig. 3)")}'
             f'<h3>Grad-CAM</h3>'
-            f'{figure(GRADCAM_PNG, "Grad-CAM for the predicted class, with its confidence (Figs. 4, 5)")}'
+            f'{figure(GRADCAM_PNG, row["gradcam"] + ", for the predicted class, with its confidence (Figs. 4, 5)")}'
             f'<h3>FCT attention per tapped stage</h3>{attention}'
             f'<div class="tables"><div><h3>Per-class accuracy</h3>{html_table(per_class_table(m))}</div>'
             f'<div><h3>Most confused class pairs</h3>{confused}</div></div></section>')
