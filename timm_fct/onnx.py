@@ -31,7 +31,7 @@ def export_onnx(
         path: the .onnx file to write.
         input_size: (C, H, W) of the input the file accepts; the model's pretrained_cfg input_size if None.
         dynamo: True for the torch.export-based exporter (torch.onnx's default since PyTorch 2.9; needs
-            onnxscript), False for the TorchScript-based one (deprecated by PyTorch, about 4x faster to export).
+            onnxscript), False for the TorchScript-based one (deprecated by PyTorch; 5-10x faster to export).
         opset: ONNX opset version; the exporter's default if None.
     """
     path = Path(path)
