@@ -36,7 +36,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
 
     A fresh timm ResNet zeroes the last BatchNorm scale of each block, which silences its residual branch
     (and lets the TorchScript exporter share one all-zero folded weight between blocks): compared as is,
-    half the backbone would not be tested.
+    the residual convolutions of the backbone would not be tested.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
