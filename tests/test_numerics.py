@@ -5,7 +5,11 @@ at the tiny setting below was stopped by the NaN guard in 5 of 8 runs. With the 
 24 of 24 runs (seeds 0-7 at 8, 12 and 16 px). The old trigger alone (a depth-wise stride-2 convolution on
 1x1-4x4 maps, and the ConvAttention with K/V strided on every grid, bf16 vs fp32, contiguous vs
 channels_last, MALLOC_PERTURB_=165) gave finite gradients within bf16 rounding of float64 in every trial,
-so there is no PyTorch-only reproduction to keep as an expected failure.
+so there is no PyTorch-only reproduction to keep as an expected failure. The whole model with the old
+striding (`kv_min_grid=0`, a single key in every FCT module at 8 px) still fails under `--amp` even without
+`--channels-last`: seed 0 with `--weight-decay 0` hit the NaN guard at update 21 in 2 of 2 runs, the first
+non-finite value coming from the backward of v_conv's strided depth-wise convolution, but finished (without
+learning) under MALLOC_PERTURB_=165, which points at a read of uninitialised memory; not pinned down yet.
 """
 import csv
 import math
