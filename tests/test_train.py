@@ -315,6 +315,10 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     (('--dataset', 'imagenet-ish'), "unknown dataset 'imagenet-ish'"),
     (('--model', 'resnet50_fct_gn'), "unknown model 'resnet50_fct_gn'"),
     (('--model-kwargs', 'not_an_arg=1'), '--model-kwargs not accepted'),
+    (('--model-kwargs', 'embed_dim=97'), 'embed_dim (97) must be divisible by num_heads (2)'),
+    (('--sync-bn',), '--sync-bn needs GPUs'),
+    (('--hflip', '1.5'), '--hflip is a probability: expected a value in [0, 1], got 1.5'),
+    (('--pipeline', 'memory', '--data-dir', '.'), '--pipeline memory holds sklearn/digits, torch/cifar10'),
 ])
 def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, argv, message):
     result = run_train(*argv, '--output', str(tmp_path))
