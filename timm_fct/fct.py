@@ -100,6 +100,21 @@ def kv_stride_for(x: torch.Tensor, kv_stride: int, kv_min_grid: int) -> int:
     return 1
 
 
+@register_notrace_function
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """3x3 depth-wise convolution; strided ones run in float32 under CPU autocast.
+
+    On a CPU, the bf16 backward of a strided depth-wise convolution on 1x1 maps returned non-finite
+    gradients from finite inputs, inconsistently (it depends on the heap: README, bf16 on CPU), and
+    training diverged. The float32 path costs little on the small grids that are strided.
+    """
+    if not torch.jit.is_scripting():
+        if stride > 1 and x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            with torch.autocast('cpu', enabled=False):
+                return F.conv2d(x.float(), weight.float(), None, stride, 1, 1, weight.shape[0])
+    return F.conv2d(x, weight, None, stride, 1, 1, weight.shape[0])
+
+
 class ConvProjection(nn.Module):
     """CONVPROJ then N: a depth-wise 3x3 convolution (strided for K and V on large grids) and the variant's norm."""
 
@@ -110,8 +125,7 @@ class ConvProjection(nn.Module):
         self.norm = norm_layer(dim, **dd)
 
     def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
-        x = F.conv2d(x, self.conv.weight, None, stride, 1, 1, self.conv.groups)
-        return self.norm(x)
+        return self.norm(depthwise_conv(x, self.conv.weight, stride))
 
 
 class ConvAttention(nn.Module):
