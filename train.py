@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Train any timm model, the FCT family included, with the paper's recipe on timm's training machinery.
 
-    python train.py                                        # embedded digits, resnet18_fct_bn_cifar, < 3 min on CPU
+    python train.py                                        # embedded digits, resnet18_fct_bn_cifar, ~1 min on CPU
     python train.py -c configs/cifar10_resnet50_fct_bn.yaml --data-dir data --dataset-download
     torchrun --nproc_per_node 4 train.py -c configs/cifar10_resnet50_fct_bn.yaml --data-dir data
 
 Flags share names and meanings with timm's train.py wherever the two overlap. The paper's recipe
-(Sec. 4) is the default: Adam at lr 0.01, weight decay 1e-4, batch 128, one-cycle learning rate,
-gradient clipping at global norm 1, cross-entropy, 4-pixel pad-and-crop plus horizontal flips.
+(Sec. 4) is the default: Adam at lr 0.01, weight decay 1e-4, batch 128, PyTorch's OneCycleLR per update,
+gradient clipping at global norm 1, cross-entropy, 4-pixel pad-and-crop plus flips (the Table 1 configs
+also decay norms and biases, --wd-all-params, and flip vertically, --vflip 0.5).
 """
 import argparse
 import logging
