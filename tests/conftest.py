@@ -4,6 +4,7 @@ timm's tests/test_models.py is not in the wheel; the source distribution on the 
 It is fetched with pip for exactly the installed timm version, cached under tests/upstream/ (ignored by
 git), and collected like our own tests, keeping only the cases it parametrizes with our models.
 """
+import csv
 import os
 import subprocess
 import sys
@@ -125,6 +126,16 @@ def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, **env:
     cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]
     return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **env})
+
+
+# a cheap setting for the tests about the training machinery, not the accuracy: the digits at their native 8 px
+QUICK = ('--img-size', '8', '--model-kwargs', 'embed_dim=32', '-b', '64')
+
+
+def summary_rows(run_dir: Path) -> list:
+    """summary.csv as written, one dict of strings per epoch."""
+    with open(run_dir / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
 
 
 # the smallest real run that has what the hub and report tests read: 2 epochs on the digits at 12 px (every

@@ -8,7 +8,6 @@ a read of uninitialised memory in the kernel. No script reproduces it in PyTorch
 expected-failure test of PyTorch; fct.depthwise_conv runs strided depth-wise convolutions in float32 under
 CPU autocast, and the last test below diverged (exit 3) in 3 of 3 seeds without that path.
 """
-import csv
 import math
 
 import pytest
@@ -16,10 +15,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import run_train
-
-# the tests' tiny training setting: the digits at their native 8 px, a narrow FCT head, batches of 64
-QUICK = ('--img-size', '8', '--model-kwargs', 'embed_dim=32', '-b', '64')
+from tests.conftest import QUICK, run_train, summary_rows
 
 
 @pytest.mark.filterwarnings('ignore:an FCT module attends over a single key')
@@ -46,8 +42,7 @@ def test_train_with_amp_and_channels_last_on_cpu_ends_with_finite_losses(tmp_pat
     result = run_train('--amp', '--channels-last', '--epochs', '1', *QUICK, '--output', str(tmp_path),
                        '--experiment', 'run')
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(tmp_path / 'run' / 'summary.csv', newline='') as f:
-        rows = list(csv.DictReader(f))
+    rows = summary_rows(tmp_path / 'run')
     assert len(rows) == 1
     assert math.isfinite(float(rows[0]['train_loss'])) and math.isfinite(float(rows[0]['eval_loss']))
 
@@ -59,6 +54,5 @@ def test_strided_depthwise_convolutions_under_cpu_bf16_autocast_train_without_di
                        '--model-kwargs', 'embed_dim=32', 'kv_min_grid=0', '--seed', '0',
                        '--output', str(tmp_path), '--experiment', 'run')
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(tmp_path / 'run' / 'summary.csv', newline='') as f:
-        row = next(csv.DictReader(f))
+    row, = summary_rows(tmp_path / 'run')
     assert math.isfinite(float(row['train_loss'])) and float(row['eval_top1']) > 20.0

@@ -1,5 +1,4 @@
 """train.py as users drive it: the main job, what a run leaves behind, resume, DDP and user mistakes."""
-import csv
 import json
 import math
 import os
@@ -14,20 +13,29 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.conftest import REPO, run_train
+from tests.conftest import QUICK, REPO, run_train, summary_rows
+from timm_fct.data import DigitsDataset, eval_transform
 from timm_fct.runs import read_run_info, read_summary
-
-# a cheap model setting for the tests that are about the machinery, not the accuracy
-QUICK = ('--img-size', '8', '--model-kwargs', 'embed_dim=32', '-b', '64')  # digits at their native 8 px
-
-
-def summary_rows(run_dir: Path):
-    with open(run_dir / 'summary.csv', newline='') as f:
-        return list(csv.DictReader(f))
 
 
 def read_state(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def validation_logits(run: Path, state_dict: dict):
+    """The run's model with `state_dict`, on the whole digits validation split under the run's own preprocessing."""
+    info = read_run_info(run)
+    cfg = info.pretrained_cfg
+    ds = DigitsDataset('validation', eval_transform(cfg['input_size'][-1], cfg['mean'], cfg['std'], cfg['crop_pct']))
+    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_kwargs).eval()
+    model.load_state_dict(state_dict)
+    with torch.no_grad():
+        return model(x), y
+
+
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item() * 100
 
 
 def test_main_job_reaches_97_percent_on_digits_and_leaves_a_complete_run(tmp_path):
@@ -53,22 +61,11 @@ def test_main_job_reaches_97_percent_on_digits_and_leaves_a_complete_run(tmp_pat
 
 def test_best_checkpoint_reproduces_the_reported_accuracy(small_run):
     """model_best.pth.tar holds the weights (raw or EMA) whose top-1 the run reported as best."""
-    from timm_fct.data import DigitsDataset, eval_transform
     ckpt = read_state(small_run / 'model_best.pth.tar')
-    info = read_run_info(small_run)
-    cfg = info.pretrained_cfg
-    ds = DigitsDataset('validation', eval_transform(cfg['input_size'][-1], cfg['mean'], cfg['std'], cfg['crop_pct']))
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
-    y = torch.tensor(ds.targets)
-    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_kwargs).eval()
-    top1 = []
-    for key in ('state_dict', 'state_dict_ema'):
-        model.load_state_dict(ckpt[key])
-        with torch.no_grad():
-            top1.append((model(x).argmax(1) == y).float().mean().item() * 100)
+    accuracy = [top1(*validation_logits(small_run, ckpt[key])) for key in ('state_dict', 'state_dict_ema')]
     row = next(r for r in read_summary(small_run) if r['epoch'] == ckpt['epoch'])
-    assert top1 == pytest.approx([row['eval_top1'], row['eval_ema_top1']], abs=1e-3)
-    assert max(top1) == pytest.approx(ckpt['metric'], abs=1e-3)
+    assert accuracy == pytest.approx([row['eval_top1'], row['eval_ema_top1']], abs=1e-3)
+    assert max(accuracy) == pytest.approx(ckpt['metric'], abs=1e-3)
 
 
 RECORDING_WRAPPER = """
@@ -248,7 +245,6 @@ def test_two_gloo_processes_stay_in_sync_and_match_one_process_at_the_same_globa
 
 def test_sharded_evaluation_counts_every_image_once(tmp_path):
     """Two processes each evaluate half of the 450 images; the summed metrics equal one process evaluating all."""
-    from timm_fct.data import DigitsDataset, eval_transform
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29518',
          str(REPO / 'train.py'), '--no-progress', '--epochs', '1', *QUICK, '--device', 'cpu',
@@ -257,22 +253,14 @@ def test_sharded_evaluation_counts_every_image_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / 'ddp'
     row = summary_rows(run)[0]
-    info = read_run_info(run)
-    cfg = info.pretrained_cfg
-    ds = DigitsDataset('validation', eval_transform(cfg['input_size'][-1], cfg['mean'], cfg['std'], cfg['crop_pct']))
-    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
-    model = timm.create_model(info.model, num_classes=10, **info.model_kwargs).eval()
-    model.load_state_dict(read_state(run / 'last.pth.tar')['state_dict'])
-    with torch.no_grad():
-        logits = model(x)
-    assert float(row['eval_top1']) == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100, abs=1e-3)
+    logits, y = validation_logits(run, read_state(run / 'last.pth.tar')['state_dict'])
+    assert float(row['eval_top1']) == pytest.approx(top1(logits, y), abs=1e-3)
     assert float(row['eval_loss']) == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
 
 
 def test_one_host_sync_per_log_interval(monkeypatch, tmp_path):
     """Losses stay on the device: train.py reads one value per --log-interval and the epoch total, no more."""
     import train
-    from timm_fct.data import DigitsDataset
     reads = []
     for name in ('item', '__bool__', '__float__', 'tolist'):
         def counting(self, *a, _original=getattr(torch.Tensor, name), _name=name, **k):
