@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
-from timm_fct.fct import ConvAttention, FctResNet
+from timm_fct.fct import ConvAttention, FctNet
 from tests.conftest import our_models
 from tests.upstream import test_models as upstream
 
@@ -25,8 +25,13 @@ def test_registry_lists_the_family():
     for depth in ('18', '50'):
         for suffix in ('fct_bn', 'fct_ln', 'fct_bn_cifar', 'fct_ln_cifar', 'cifar'):
             assert f'resnet{depth}_{suffix}' in names
+    for name in ('fct_bn', 'fct_ln', 'convnext_tiny_fct_bn', 'convnext_tiny_fct_ln', 'efficientnet_b0_fct_bn',
+                 'efficientnet_b0_fct_ln'):
+        assert name in names
     assert set(timm.list_pretrained('*fct*')) == {
-        f'resnet{d}_fct_{n}.a1_in1k_backbone' for d in ('18', '50') for n in ('bn', 'ln')}
+        *(f'resnet{d}_fct_{n}.a1_in1k_backbone' for d in ('18', '50') for n in ('bn', 'ln')),
+        *(f'convnext_tiny_fct_{n}.fb_in1k_backbone' for n in ('bn', 'ln')),
+        *(f'efficientnet_b0_fct_{n}.ra_in1k_backbone' for n in ('bn', 'ln'))}
 
 
 @pytest.mark.parametrize('model_name', FCT_MODELS)
@@ -283,9 +288,9 @@ def test_too_small_for_imagenet_stem():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(norm='gn'), r"norm must be one of \['bn', 'ln'\], got 'gn'"),
-    (dict(taps=(1, 4)), 'taps must index stages before the last'),
+    (dict(taps=(1, 4)), r'levels of resnet18_cifar before its last, in 0\.\.3 \(5 levels'),
     (dict(taps=(3, 1)), 'increasing'),
-    (dict(taps=(1, 9)), 'index past the feature levels'),
+    (dict(taps=(1, 9)), r'levels of resnet18_cifar before its last, in 0\.\.3 \(5 levels'),
     (dict(embed_dim=96, num_heads=5), r'embed_dim \(96\) must be divisible by num_heads \(5\)'),
 ])
 def test_bad_arguments_raise_clear_error(kwargs, match):
@@ -301,4 +306,4 @@ def test_unknown_name_and_tag_raise():
 
 
 def test_model_class_is_exported():
-    assert isinstance(timm.create_model(SMALL), FctResNet)
+    assert isinstance(timm.create_model(SMALL), FctNet)

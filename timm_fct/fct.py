@@ -9,7 +9,7 @@ their pooled outputs. Where each equation of the paper lives:
 * eqs. 2-4 and 6, MHSA(N(CONVPROJ(z))) .................................................. `ConvAttention`
 * eq. 8, residual around the attention ............................................... `FctBlock.forward`
 * eqs. 5 and 9, FL(N(z)) + z with FL = GELU(CONV) ......................................... `FocusLayer`
-* concatenation of the pooled FCT outputs, then the classifier ... `FctResNet.forward_features` / `head`
+* concatenation of the pooled FCT outputs, then the classifier ... `FctNet.forward_features` / `head`
 """
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -19,14 +19,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, register_notrace_function
 from timm.models import (
-    build_model_with_cfg, checkpoint, create_model, generate_default_cfgs, register_model,
+    build_model_with_cfg, checkpoint, create_model, generate_default_cfgs, get_pretrained_cfg, group_parameters,
+    register_model, resolve_pretrained_cfg,
 )
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._features import feature_take_indices
 
 from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
 
-__all__ = ['FctResNet', 'FctBlock', 'ConvAttention', 'FocusLayer']
+__all__ = ['FctNet', 'FctBlock', 'ConvAttention', 'FocusLayer']
 
 NORM_LAYERS: Dict[str, Callable[..., nn.Module]] = {
     'bn': nn.BatchNorm2d,
@@ -224,10 +225,94 @@ class FctBlock(nn.Module):
         return z
 
 
-class FctResNet(nn.Module):
-    """A timm ResNet whose tapped stages go through FCT modules; their pooled outputs are classified.
+def default_taps(num_levels: int) -> Tuple[int, ...]:
+    """The last three feature levels before the last (ResNet: stages 1-3, the paper's taps); fewer if absent."""
+    return tuple(range(max(0, num_levels - 4), num_levels - 1))
 
-    forward_features returns the FCT outputs concatenated along channels on the last stage's grid (each
+
+def check_taps(backbone: str, levels: Sequence[Dict[str, Any]], taps: Sequence[int]) -> Tuple[int, ...]:
+    """Taps must be increasing levels before the last one, which supplies the global descriptor."""
+    taps = tuple(taps)
+    if len(levels) < 2:
+        raise ValueError(f'{backbone} has {len(levels)} feature level; FCT heads need at least two, '
+                         f'one to tap and the last for the global descriptor')
+    if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0 or taps[-1] >= len(levels) - 1:
+        raise ValueError(
+            f'taps must be increasing feature levels of {backbone} before its last, in 0..{len(levels) - 2} '
+            f'({len(levels)} levels, the last gives the global descriptor), got {taps}')
+    return taps
+
+
+def create_backbone(name: str, pretrained: bool, drop_path_rate: float = 0., **kwargs: Any) -> nn.Module:
+    """timm's features_only model of `name`, returning every feature level it exposes (NCHW or NHWC).
+
+    drop_path_rate goes only to backbones that take it (DenseNet and VGG do not).
+    """
+    kwargs.update(features_only=True, pretrained=pretrained)
+    try:
+        model = create_model(name, **kwargs, **({'drop_path_rate': drop_path_rate} if drop_path_rate else {}))
+    except TypeError as e:
+        if 'drop_path_rate' not in str(e):
+            raise
+        warnings.warn(f'{name} takes no drop_path_rate; stochastic depth applies to the FCT modules only')
+        model = create_model(name, **kwargs)
+    except (AttributeError, AssertionError) as e:
+        if 'feature_info' not in str(e):
+            raise
+        raise ValueError(f'{name} has no feature_info, so timm cannot build it with features_only; FCT heads '
+                         f'need a backbone that returns its feature maps') from e
+    fmt = getattr(model, 'output_fmt', 'NCHW')  # timm's Format is a str enum
+    if fmt not in ('NCHW', 'NHWC'):
+        raise ValueError(f'{name} returns {fmt} features; FCT heads take NCHW or NHWC maps')
+    return model
+
+
+def backbone_group_matcher(backbone: str, own_keys: Sequence[str], coarse: bool) -> Callable[[str], Tuple]:
+    """Layer-decay groups: the plain backbone's own group_matcher, then the FCT modules and head on top.
+
+    timm's features_only wrappers have no group_matcher and rename flattened modules (stem.0 -> stem_0),
+    so the plain model is built once here and each backbone parameter is matched by its plain name.
+    """
+    plain = create_model(backbone)
+    groups = group_parameters(plain, plain.group_matcher(coarse=coarse))
+    layer_of = {n: layer for layer, names in groups.items() for n in names}
+    own_layer = {k: layer_of[plain_key(k, layer_of)] for k in own_keys if plain_key(k, layer_of) in layer_of}
+
+    def match(name: str) -> Tuple[float, ...]:
+        if name.startswith('backbone.'):
+            return (float(own_layer.get(name[len('backbone.'):], max(groups))),)
+        return (float('inf'),)  # FCT modules and classifier: new, at the full learning rate
+    return match
+
+
+def plain_key(name: str, plain_names: Any) -> str:
+    """A features_only name in the plain model: as is, or its first '_' back to '.' (stem_0 -> stem.0)."""
+    return name if name in plain_names else name.replace('_', '.', 1)
+
+
+def features_key(name: str, own_names: Any) -> str:
+    """A plain model's parameter or module name under timm's features_only naming: as is, or flattened
+    (stem.0 -> stem_0) where it is not among `own_names`, the names of the features_only model."""
+    return name if name in own_names else name.replace('.', '_', 1)
+
+
+@register_notrace_function
+def check_feature_maps(feats: List[torch.Tensor], channels: List[int], backbone: str) -> None:
+    """Feature maps must be NCHW (NHWC ones are permuted before); anything else fails clearly here."""
+    for f, c in zip(feats, channels):
+        if f.dim() != 4 or f.shape[1] != c:
+            raise ValueError(f'{backbone} returned a feature map of shape {list(f.shape)}; expected NCHW with '
+                             f'{c} channels (N, {c}, H, W)')
+
+
+class FctNet(nn.Module):
+    """A timm backbone whose tapped feature levels go through FCT modules; their pooled outputs are classified.
+
+    The backbone is timm's features_only model of any architecture (CNNs, and hierarchical transformers
+    whose NHWC maps are permuted); its own pretrained weights load through timm by name and tag, and its
+    group_matcher orders layer-wise learning rates.
+
+    forward_features returns the FCT outputs concatenated along channels on the last module's grid (each
     map area-averaged down to it, exact when sizes divide as they do at the default resolutions), so the
     head's global average pool yields exactly the concatenation of each FCT output's average, as in the
     paper, while the features stay a plain NCHW map that timm's tooling expects.
@@ -236,7 +321,7 @@ class FctResNet(nn.Module):
     def __init__(
             self,
             backbone: str = 'resnet50',
-            taps: Sequence[int] = (1, 2, 3),
+            taps: Optional[Sequence[int]] = None,
             norm: str = 'bn',
             embed_dim: int = 96,
             num_heads: int = 2,
@@ -250,14 +335,16 @@ class FctResNet(nn.Module):
             drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            pretrained_backbone: bool = False,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             device=None,
             dtype=None,
     ):
         """
         Args:
-            backbone: timm model name of the ResNet to tap, built with features_only.
-            taps: backbone feature indices fed to FCT modules (timm ResNets: 0 stem, 1-4 stages; the last
-                stage always supplies the global descriptor g).
+            backbone: timm model name of the backbone, optionally with a pretrained tag ('convnext_tiny.fb_in1k').
+            taps: backbone feature levels (indices into its feature_info) fed to FCT modules; the last level
+                always supplies the global descriptor g. None: the last three levels before the last.
             norm: 'bn' (BatchNorm) or 'ln' (channel LayerNorm) inside the FCT modules.
             embed_dim: FCT embedding width D.
             num_heads: attention heads per FCT module.
@@ -270,7 +357,11 @@ class FctResNet(nn.Module):
             global_pool: timm pooling type for the head, '' for none.
             drop_rate: dropout before the classifier.
             attn_drop_rate: dropout on the attention weights.
-            drop_path_rate: stochastic depth, for the backbone blocks and the FCT residual branches.
+            drop_path_rate: stochastic depth for the FCT residual branches, and the backbone's blocks where
+                the backbone takes it.
+            pretrained_backbone: load the backbone's own pretrained weights through timm (name and tag).
+            img_size: input size for backbones built for one size (timm passes it where the backbone's
+                pretrained_cfg has fixed_input_size, e.g. Swin).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -281,36 +372,23 @@ class FctResNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        taps = tuple(taps)
-        if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0:
-            raise ValueError(f'taps must be non-empty, increasing, non-negative feature indices, got {taps}')
-        try:
-            self.backbone = create_model(
-                backbone,
-                features_only=True,
-                out_indices=(*taps, -1),  # the last stage gives the global descriptor g
-                in_chans=in_chans,
-                drop_path_rate=drop_path_rate,
-                **dd,
-            )
-        except IndexError:
-            raise ValueError(f'taps {taps} index past the feature levels of {backbone}') from None
-        num_stages = len(self.backbone.feature_info.info)
-        if taps[-1] >= num_stages - 1:
-            raise ValueError(
-                f'taps must index stages before the last of {backbone} ({num_stages} feature levels, '
-                f'the last gives the global descriptor), got {taps}')
-        self.taps = taps
-        stage_chs = self.backbone.feature_info.channels()
-        stage_reductions = self.backbone.feature_info.reduction()
-        global_chs = stage_chs[-1]
-        self.min_input_size = stage_reductions[-1]
+        self.backbone = create_backbone(
+            backbone, pretrained_backbone, in_chans=in_chans, drop_path_rate=drop_path_rate, img_size=img_size, **dd)
+        info = self.backbone.feature_info
+        levels = [info.info[i] for i in info.out_indices]
+        self.taps = check_taps(backbone, levels, default_taps(len(levels)) if taps is None else taps)
+        self.backbone_indices = [*self.taps, len(levels) - 1]  # the last level gives the global descriptor g
+        self.backbone_name = backbone
+        self.backbone_nhwc = getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC'
+        self.level_chs = [levels[i]['num_chs'] for i in self.backbone_indices]
+        tap_reductions = [levels[i]['reduction'] for i in self.taps]
+        self.min_input_size = levels[-1]['reduction']
 
         norm_layer = NORM_LAYERS[norm]
-        # keyed by tap index, so that pruning can drop any module and the others keep their index
+        # keyed by position among the taps, so that pruning can drop any module and the others keep their key
         self.fct = nn.ModuleDict({
             str(i): FctBlock(
-                chs, global_chs, embed_dim, num_heads,
+                chs, self.level_chs[-1], embed_dim, num_heads,
                 patch_size=patch_size,
                 patch_stride=patch_stride,
                 kv_stride=kv_stride,
@@ -320,12 +398,12 @@ class FctResNet(nn.Module):
                 drop_path=drop_path_rate,
                 **dd,
             )
-            for i, chs in enumerate(stage_chs[:-1])
+            for i, chs in enumerate(self.level_chs[:-1])
         })
         self.fct_indices: List[int] = list(range(len(self.fct)))
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=r * patch_stride, module=f'fct.{i}')
-            for i, r in enumerate(stage_reductions[:-1])
+            for i, r in enumerate(tap_reductions)
         ]
         self.num_features = embed_dim * len(self.fct)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -338,15 +416,9 @@ class FctResNet(nn.Module):
         return set()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """Layer-decay groups: stem, backbone stages (or blocks), then the FCT modules after them."""
-        return dict(
-            stem=r'^backbone\.(?:conv1|bn1|act1|maxpool)',
-            blocks=[
-                (r'^backbone\.layer(\d+)' if coarse else r'^backbone\.layer(\d+)\.(\d+)', None),
-                (r'^fct\.(\d+)', (99999,)),
-            ],
-        )
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], Tuple]:
+        """Layer-decay groups: the backbone's own (stem, stages or blocks), then the FCT modules and head."""
+        return backbone_group_matcher(self.backbone_name, list(self.backbone.state_dict()), coarse)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -365,7 +437,9 @@ class FctResNet(nn.Module):
     def _attend(self, x: torch.Tensor, indices: List[int]) -> List[torch.Tensor]:
         """Backbone, global descriptor g, and the outputs of the FCT modules at `indices`, in tap order."""
         check_image_batch(x, self.in_chans, self.min_input_size, self.training)
-        feats = self.backbone(x)
+        levels = self.backbone(x)
+        feats = [levels[i].permute(0, 3, 1, 2) if self.backbone_nhwc else levels[i] for i in self.backbone_indices]
+        check_feature_maps(feats, self.level_chs, self.backbone_name)
         g = feats[-1].mean((2, 3))  # global image descriptor: the pooled last stage
         outs: List[torch.Tensor] = []
         for key, block in self.fct.items():
@@ -473,22 +547,24 @@ def _init_fct_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctResNet) -> Dict[str, torch.Tensor]:
-    """Accept FctResNet checkpoints as they are, and plain timm ResNet ones as backbone-only weights.
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> Dict[str, torch.Tensor]:
+    """Accept FctNet checkpoints as they are, and the plain backbone's own as backbone-only weights.
 
-    A ResNet checkpoint's classifier is dropped and the FCT modules and head keep their fresh
-    initialisation. Every weight outside the classifier must be in the checkpoint: timm loads
-    non-strictly when num_classes differs from the checkpoint's, so a missing key is caught here.
+    A plain checkpoint's keys go under timm's features_only names (stem.0 -> backbone.stem_0), its
+    classifier is dropped, and the FCT modules and head keep their fresh initialisation. Every weight
+    outside the classifier must be in the checkpoint: timm loads non-strictly when num_classes differs
+    from the checkpoint's, so a missing key is caught here.
     """
     if any(k.startswith('fct.') for k in state_dict):
         out = dict(state_dict)
     else:
         backbone_keys = set(model.backbone.state_dict())
-        out = {f'backbone.{k}': v for k, v in state_dict.items() if k in backbone_keys}
-        missing = sorted(backbone_keys - set(state_dict))
+        renamed = {features_key(k, backbone_keys): v for k, v in state_dict.items()}
+        out = {f'backbone.{k}': v for k, v in renamed.items() if k in backbone_keys}
+        missing = sorted(backbone_keys - set(renamed))
         if missing:
-            raise RuntimeError(f'the backbone checkpoint lacks {len(missing)} weights of the backbone, e.g. '
-                               f'{missing[:3]}; is it a checkpoint of another architecture?')
+            raise RuntimeError(f'the backbone checkpoint lacks {len(missing)} weights of the backbone {model.backbone_name}, '
+                               f'e.g. {missing[:3]}; is it a checkpoint of another architecture?')
         out.update({k: v for k, v in model.state_dict().items() if not k.startswith('backbone.')})
     classifier = model.get_classifier(name_only=True)
     missing = sorted(k for k in model.state_dict() if k not in out and not k.startswith(classifier + '.'))
@@ -498,16 +574,55 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctResNet) 
     return out
 
 
-def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctResNet:
-    num_taps = len(kwargs.get('taps', (1, 2, 3)))
-    return build_model_with_cfg(
-        FctResNet,
+GENERIC_MODELS = ('fct_bn', 'fct_ln')
+BACKBONE_DATA_KEYS = ('input_size', 'test_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
+                      'test_crop_pct', 'crop_mode', 'mean', 'std')  # preprocessing the backbone was trained with
+
+
+def backbone_pretrained_cfg(backbone: str) -> Dict[str, Any]:
+    """The preprocessing and first layer of a backbone (name and optional tag) from timm's registry."""
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None:
+        return {}
+    out = {k: getattr(cfg, k) for k in BACKBONE_DATA_KEYS if getattr(cfg, k, None) is not None}
+    if cfg.first_conv:
+        out['first_conv'] = f'backbone.{cfg.first_conv}'
+    return out
+
+
+def _names_weights(cfg: Dict[str, Any]) -> bool:
+    return any(cfg.get(k) for k in ('url', 'file', 'state_dict', 'hf_hub_id'))
+
+
+def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """Build an FCT model. On the generic models, pretrained=True means the backbone's own weights.
+
+    A generic model whose pretrained_cfg names weights (a local-dir: or hf-hub: FCT checkpoint) loads them
+    as any timm model does; otherwise its backbone loads through timm by name and tag, and the model's
+    pretrained_cfg carries the backbone's preprocessing.
+    """
+    if variant in GENERIC_MODELS:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        if not _names_weights(cfg.to_dict()):
+            kwargs['pretrained_backbone'] = pretrained
+            kwargs['pretrained_cfg_overlay'] = {
+                **backbone_pretrained_cfg(kwargs.setdefault('backbone', 'resnet50')),
+                **(kwargs.get('pretrained_cfg_overlay') or {}),
+            }
+            pretrained = False
+    model = build_model_with_cfg(
+        FctNet,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(num_taps))),
+        feature_cfg=dict(feature_cls='getter', out_indices=None),  # every FCT output; the model knows how many
         **kwargs,
     )
+    if isinstance(model, FctNet):  # the backbone's first convolution under features_only naming
+        first_conv = model.pretrained_cfg['first_conv'].removeprefix('backbone.')
+        modules = dict(model.backbone.named_modules())
+        model.pretrained_cfg['first_conv'] = f'backbone.{features_key(first_conv, modules)}'
+    return model
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -528,16 +643,26 @@ def _cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
         crop_pct=1.0, interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
 
 
-def _backbone_cfg(hf_hub_id: str) -> Dict[str, Any]:
-    """ImageNet weights for the backbone only; the FCT modules and classifier start fresh."""
-    return _cfg(hf_hub_id=hf_hub_id, test_input_size=(3, 288, 288))
+def _backbone_cfg(backbone: str, **kwargs: Any) -> Dict[str, Any]:
+    """ImageNet weights for the backbone only, from timm's own pretrained tag; FCT modules and classifier fresh.
+
+    Read from timm's registry, so a tag can only name weights timm publishes (an unknown tag fails at import).
+    """
+    hf_hub_id = get_pretrained_cfg(backbone, allow_unregistered=False).hf_hub_id
+    return _cfg(hf_hub_id=hf_hub_id, **{**backbone_pretrained_cfg(backbone), **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
-    'resnet18_fct_bn.a1_in1k_backbone': _backbone_cfg('timm/resnet18.a1_in1k'),
-    'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('timm/resnet18.a1_in1k'),
-    'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('timm/resnet50.a1_in1k'),
-    'resnet50_fct_ln.a1_in1k_backbone': _backbone_cfg('timm/resnet50.a1_in1k'),
+    'fct_bn': _cfg(),
+    'fct_ln': _cfg(),
+    'resnet18_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
+    'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
+    'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
+    'resnet50_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
+    'convnext_tiny_fct_bn.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
+    'convnext_tiny_fct_ln.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
+    'efficientnet_b0_fct_bn.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k'),
+    'efficientnet_b0_fct_ln.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k'),
     'resnet18_fct_bn_cifar': _cifar_cfg(),
     'resnet18_fct_ln_cifar': _cifar_cfg(),
     'resnet50_fct_bn_cifar': _cifar_cfg(),
@@ -546,56 +671,102 @@ default_cfgs = generate_default_cfgs({
 
 
 @register_model
-def resnet18_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """BatchNorm FCT modules on any timm backbone: `backbone='convnext_tiny.fb_in1k'`; pretrained loads its weights."""
+    return _create_fct('fct_bn', pretrained, **dict(dict(norm='bn'), **kwargs))
+
+
+@register_model
+def fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """LayerNorm FCT modules on any timm backbone: `backbone='convnext_tiny.fb_in1k'`; pretrained loads its weights."""
+    return _create_fct('fct_ln', pretrained, **dict(dict(norm='ln'), **kwargs))
+
+
+@register_model
+def convnext_tiny_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """ConvNeXt-Tiny with BatchNorm FCT modules on its first three stages, 224x224 (1.05x the FLOPs)."""
+    model_args = dict(backbone='convnext_tiny', norm='bn')
+    return _create_fct('convnext_tiny_fct_bn', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def convnext_tiny_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """ConvNeXt-Tiny with LayerNorm FCT modules on its first three stages, 224x224 (1.05x the FLOPs)."""
+    model_args = dict(backbone='convnext_tiny', norm='ln')
+    return _create_fct('convnext_tiny_fct_ln', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientnet_b0_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """EfficientNet-B0 with BatchNorm FCT modules 64 wide on levels 1-3 (strides 4-16), 224x224.
+
+    The default width 96 would cost 1.39x the FLOPs of this light backbone; 64 costs 1.18x (README).
+    """
+    model_args = dict(backbone='efficientnet_b0', norm='bn', embed_dim=64)
+    return _create_fct('efficientnet_b0_fct_bn', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientnet_b0_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
+    """EfficientNet-B0 with LayerNorm FCT modules 64 wide on levels 1-3 (strides 4-16), 224x224.
+
+    The default width 96 would cost 1.39x the FLOPs of this light backbone; 64 costs 1.18x (README).
+    """
+    model_args = dict(backbone='efficientnet_b0', norm='ln', embed_dim=64)
+    return _create_fct('efficientnet_b0_fct_ln', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet18_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """ResNet-18 with BatchNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
     model_args = dict(backbone='resnet18', norm='bn')
     return _create_fct('resnet18_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet18_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet18_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """ResNet-18 with LayerNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
     model_args = dict(backbone='resnet18', norm='ln')
     return _create_fct('resnet18_fct_ln', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet50_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet50_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """ResNet-50 with BatchNorm FCT modules: the paper's best model ('ours (with BN)' / 'pre-trained')."""
     model_args = dict(backbone='resnet50', norm='bn')
     return _create_fct('resnet50_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet50_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet50_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """ResNet-50 with LayerNorm FCT modules ('ours (with LN)')."""
     model_args = dict(backbone='resnet50', norm='ln')
     return _create_fct('resnet50_fct_ln', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet18_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet18_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """ResNet-18 with the CIFAR stem and BatchNorm FCT modules, for 32x32 inputs."""
     model_args = dict(backbone='resnet18_cifar', norm='bn')
     return _create_fct('resnet18_fct_bn_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet18_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet18_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """ResNet-18 with the CIFAR stem and LayerNorm FCT modules, for 32x32 inputs."""
     model_args = dict(backbone='resnet18_cifar', norm='ln')
     return _create_fct('resnet18_fct_ln_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet50_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet50_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """The paper's 'ours (with BN)' row: CIFAR stem, BatchNorm FCT modules, trained from scratch."""
     model_args = dict(backbone='resnet50_cifar', norm='bn')
     return _create_fct('resnet50_fct_bn_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet50_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctResNet:
+def resnet50_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """The paper's 'ours (with LN)' row: CIFAR stem, LayerNorm FCT modules, trained from scratch."""
     model_args = dict(backbone='resnet50_cifar', norm='ln')
     return _create_fct('resnet50_fct_ln_cifar', pretrained, **dict(model_args, **kwargs))
