@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
+from timm.utils import AttentionExtract
 
 from timm_fct.fct import ConvAttention, FctNet
 from tests.conftest import our_models
@@ -147,6 +148,43 @@ def test_head_count_changes_the_attention():
         assert not torch.allclose(one(x), four(x))
 
 
+def explicit_attention(model: nn.Module) -> nn.Module:
+    """Switch every FCT module to timm's explicit attention path, as timm does for its Attention."""
+    for block in model.fct.values():
+        block.attn.fused_attn = False
+    return model
+
+
+@pytest.mark.parametrize('height,width', [(32, 32), (32, 48)])
+def test_explicit_attention_gives_what_the_fused_one_gives(height, width):
+    """timm's fused_attn switch changes how attention is computed, not what; the first module strides its K/V."""
+    torch.manual_seed(0)
+    model = timm.create_model(SMALL).eval()
+    assert all(block.attn.fused_attn for block in model.fct.values())  # fused by default
+    x = torch.randn(2, 3, height, width)
+    with torch.no_grad():
+        fused = model.forward_intermediates(x)
+        explicit = explicit_attention(model).forward_intermediates(x)
+    torch.testing.assert_close(explicit, fused, rtol=0, atol=1e-5)
+
+
+def test_timm_attention_extract_finds_every_modules_weights_by_fx_and_by_hooks():
+    """AttentionExtract's default names ('*attn.softmax' traced, '*attn_drop' hooked) reach the softmax."""
+    torch.manual_seed(0)
+    model = explicit_attention(timm.create_model(SMALL).eval())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        traced = AttentionExtract(model)(x)
+        hooked = AttentionExtract(model, method='hook')(x)
+    assert list(traced) == [f'fct.{i}.attn.softmax' for i in range(3)]
+    assert list(hooked) == [f'fct.{i}.attn.attn_drop' for i in range(3)]
+    # (batch, heads, queries, keys): 16x16, 8x8 and 4x4 query grids, K/V strided on the first
+    assert [tuple(w.shape) for w in traced.values()] == [(2, 2, 256, 64), (2, 2, 64, 64), (2, 2, 16, 16)]
+    for weights, same in zip(traced.values(), hooked.values()):
+        torch.testing.assert_close(same, weights, rtol=0, atol=0)
+        torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1]))
+
+
 def test_eval_is_deterministic_with_dropout_configured():
     model = timm.create_model(SMALL, drop_rate=0.5, attn_drop_rate=0.5, drop_path_rate=0.2).eval()
     x = _input(model)
@@ -182,8 +220,11 @@ def test_fct_layers_use_the_papers_kaiming_normal_init():
     assert not block.global_proj.bias.any() and not block.patch_embed.bias.any()
 
 
-def test_torchscript_matches_eager():
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'explicit'])
+def test_torchscript_matches_eager(fused):
     model = timm.create_model(SMALL).eval()
+    if not fused:
+        explicit_attention(model)
     x = _input(model)
     scripted = torch.jit.script(model)
     with torch.no_grad():

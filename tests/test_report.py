@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct import report
+from timm_fct.fct import _to_tokens
 
 from timm_fct.runs import BEST
 
@@ -239,12 +240,21 @@ def test_attention_weights_are_those_the_model_applies():
     """weights @ V must give what each module's own scaled_dot_product_attention gave, strided K/V included."""
     torch.manual_seed(0)
     model = timm.create_model(MODEL, num_classes=10).eval()
-    for block, seen in zip(model.fct.values(), forward_recording(model, torch.randn(2, 3, 32, 32))):
-        attn = block.attn
-        weights = report.attention_weights(seen['q'], seen['k'], attn.num_heads)
-        v = report._to_tokens(seen['v'], attn.num_heads)
+    x = torch.randn(2, 3, 32, 32)
+    extracted = report.attention_weights(model, x)
+    assert all(block.attn.fused_attn for block in model.fct.values())  # extraction only: the model runs fused
+    for block, (weights, kv_grid), seen in zip(model.fct.values(), extracted, forward_recording(model, x, 'v')):
+        assert kv_grid == seen['v'].shape[-2:]
+        v = _to_tokens(seen['v'], block.attn.num_heads)
         B, C, H, W = seen['sdpa'].shape
         assert torch.allclose((weights @ v).transpose(-1, -2).reshape(B, C, H, W), seen['sdpa'], atol=1e-5)
+
+
+def test_failed_attention_extraction_leaves_the_model_fused():
+    model = timm.create_model(MODEL, num_classes=10).eval()
+    with pytest.raises(ValueError):  # a 3-D input fails inside the traced model
+        report.fct_tap_maps(model, torch.randn(3, 32, 32))
+    assert all(block.attn.fused_attn for block in model.fct.values())
 
 
 def truncated_checkpoint(digits_run: Path, tmp_path: Path) -> Path:

@@ -17,7 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, register_notrace_function
+from torch.jit import Final
+from timm.layers import (
+    ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, use_fused_attn,
+)
 from timm.models import (
     build_model_with_cfg, checkpoint, create_model, generate_default_cfgs, get_pretrained_cfg, group_parameters,
     register_model, resolve_pretrained_cfg,
@@ -135,8 +138,12 @@ class ConvAttention(nn.Module):
     On patch grids larger than kv_min_grid, K and V are computed at kv_stride: each query still sees the
     whole map at a fraction of the cost. Smaller grids keep every position as a key, so that attention
     has real keys to choose between (at the paper's 32 px the deepest grid is 4x4: 16 keys, not 4).
-    Attention runs through PyTorch's fused scaled_dot_product_attention.
+
+    Attention runs through PyTorch's fused scaled_dot_product_attention unless timm's fused_attn switch
+    is off (timm.layers.set_fused_attn, exportable models): then the weights are written out as in timm's
+    Attention, so timm's AttentionExtract finds them ('*attn.softmax' by FX, '*attn_drop' by hooks).
     """
+    fused_attn: Final[bool]
 
     def __init__(
             self,
@@ -154,15 +161,17 @@ class ConvAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f'embed_dim ({dim}) must be divisible by num_heads ({num_heads})')
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.fused_attn = use_fused_attn()
         self.kv_stride = kv_stride
         self.kv_min_grid = kv_min_grid
-        self.attn_drop = attn_drop
         self.q_conv = ConvProjection(dim, norm_layer, **dd)
         self.k_conv = ConvProjection(dim, norm_layer, **dd)
         self.v_conv = ConvProjection(dim, norm_layer, **dd)
         self.q = nn.Conv2d(dim, dim, 1, **dd)  # W_Q of eq. 2, a 1x1 convolution
         self.k = nn.Conv2d(dim, dim, 1, **dd)  # W_K
         self.v = nn.Conv2d(dim, dim, 1, **dd)  # W_V
+        self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Conv2d(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +180,13 @@ class ConvAttention(nn.Module):
         q = _to_tokens(self.q(self.q_conv(x)), self.num_heads)
         k = _to_tokens(self.k(self.k_conv(x, stride)), self.num_heads)
         v = _to_tokens(self.v(self.v_conv(x, stride)), self.num_heads)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = attn.softmax(dim=-1)
+            attn = self.attn_drop(attn)
+            x = attn @ v
         x = x.transpose(-1, -2).reshape(B, C, H, W)  # CONCAT of the heads, eq. 4
         return self.proj(x)
 

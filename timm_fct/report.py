@@ -20,9 +20,10 @@ import re
 import shutil
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,11 +34,12 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from sklearn.metrics import confusion_matrix
+from timm.utils import AttentionExtract
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data import DIGITS, DatasetError, build_dataset, class_names, default_workers, eval_transform
-from .fct import FctResNet, _to_tokens  # the model's own token layout, so the weights match its SDPA call
+from .fct import FctResNet
 from .runs import HUB_PREFIXES, RunError, RunInfo, load_run, load_trained_model
 
 METRICS_JSON = 'metrics.json'
@@ -301,41 +303,43 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int])
     return scale_cam_image(np.mean(maps, axis=0))
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """softmax(QK^T / sqrt(d)) per head, (B, heads, Nq, Nk): eq. 3 written out for analysis only.
+@contextmanager
+def explicit_attention(model: FctResNet) -> Iterator[None]:
+    """The FCT modules on timm's explicit attention path, which materialises the weights; fused_attn restored after."""
+    modules = [block.attn for block in model.fct.values()]
+    fused = [m.fused_attn for m in modules]
+    for m in modules:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, was_fused in zip(modules, fused):
+            m.fused_attn = was_fused
 
-    The model runs the fused scaled_dot_product_attention, which never materialises these weights.
+
+def attention_weights(model: FctResNet, images: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Size]]:
+    """Per FCT module, in tap order: softmax(QK^T / sqrt(d)), (B, heads, Nq, Nk), and the K/V grid (H', W').
+
+    timm's AttentionExtract traces the model (in eval mode) on the explicit path, since the fused
+    scaled_dot_product_attention the model runs never materialises the weights; V's output gives the
+    grid the keys lie on, strided or not.
     """
-    q_tokens, k_tokens = _to_tokens(q, num_heads), _to_tokens(k, num_heads)
-    return torch.softmax(q_tokens @ k_tokens.transpose(-1, -2) * q_tokens.shape[-1] ** -0.5, dim=-1)
+    names = [(f'fct.{key}.attn.softmax', f'fct.{key}.attn.v') for key in model.fct]
+    with explicit_attention(model):
+        extracted = AttentionExtract(model, names=[n for pair in names for n in pair])(images)
+    return [(extracted[weights], extracted[v].shape[-2:]) for weights, v in names]
 
 
-def attention_received(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
+def attention_received(weights: torch.Tensor, kv_grid: Sequence[int]) -> torch.Tensor:
     """The attention each K/V position receives, averaged over heads and queries: (B, H', W'), sums to 1."""
-    weights = attention_weights(q, k, num_heads)
-    return weights.mean(dim=(1, 2)).reshape(k.shape[0], *k.shape[-2:])
+    return weights.mean(dim=(1, 2)).reshape(weights.shape[0], *kv_grid)
 
 
 @torch.no_grad()
 def fct_tap_maps(model: FctResNet, images: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Per FCT module: the attention received on its K/V grid, and its output's channel mean, (B, h, w) each."""
-    captured: Dict[Tuple[int, str], torch.Tensor] = {}
-
-    def keep(key: Tuple[int, str]) -> Callable:
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            captured[key] = output.detach()
-        return hook
-
-    blocks = list(model.fct.values())  # in tap order, as forward_intermediates returns their outputs
-    handles = [getattr(block.attn, name).register_forward_hook(keep((i, name)))
-               for i, block in enumerate(blocks) for name in ('q', 'k')]
-    try:
-        outputs = model.forward_intermediates(images, intermediates_only=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    attention = [attention_received(captured[i, 'q'], captured[i, 'k'], block.attn.num_heads)
-                 for i, block in enumerate(blocks)]
+    attention = [attention_received(weights, kv_grid) for weights, kv_grid in attention_weights(model, images)]
+    outputs = model.forward_intermediates(images, intermediates_only=True)
     return attention, [out.mean(dim=1) for out in outputs]
 
 
