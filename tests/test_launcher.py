@@ -88,7 +88,7 @@ def test_script_runs_as_with_python_and_creates_fct_models(script: Path):
     assert seen['argv'] == args
     assert Path(seen['path0']) == script.parent.resolve()
     assert Path(cwd, seen['file']).samefile(script)
-    assert (seen['model'], seen['num_classes']) == ('FctResNet', 10)
+    assert (seen['model'], seen['num_classes']) == ('FctNet', 10)
 
 
 @pytest.mark.parametrize('args, code', [(['--exit-code', '3'], 3), (['--crash'], 1)], ids=['sys.exit', 'exception'])

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data import DIGITS, DatasetError, build_dataset, class_names, default_workers, eval_transform
-from .fct import FctResNet
+from .fct import FctNet
 from .runs import HUB_PREFIXES, RunError, RunInfo, load_run, load_trained_model
 
 METRICS_JSON = 'metrics.json'
@@ -273,7 +273,7 @@ def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
     the pooled global descriptor g, so Grad-CAM there would show the g path, not the modules. For a plain
     network the last stage's maps are the finest that still carry class evidence (Figs. 4, 5).
     """
-    if isinstance(model, FctResNet):
+    if isinstance(model, FctNet):
         return list(model.fct.values())
     if isinstance(getattr(model, 'layer4', None), nn.Module):
         return [model.layer4]
@@ -284,7 +284,7 @@ def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
 
 
 def gradcam_title(model: nn.Module) -> str:
-    if isinstance(model, FctResNet):
+    if isinstance(model, FctNet):
         return f'Grad-CAM on the {len(model.fct)} FCT module outputs the classifier reads (their mean)'
     return 'Grad-CAM on the last backbone stage'
 
@@ -304,7 +304,7 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int])
 
 
 @contextmanager
-def explicit_attention(model: FctResNet) -> Iterator[None]:
+def explicit_attention(model: FctNet) -> Iterator[None]:
     """The FCT modules on timm's explicit attention path, which materialises the weights; fused_attn restored after."""
     modules = [block.attn for block in model.fct.values()]
     fused = [m.fused_attn for m in modules]
@@ -317,7 +317,7 @@ def explicit_attention(model: FctResNet) -> Iterator[None]:
             m.fused_attn = was_fused
 
 
-def attention_weights(model: FctResNet, images: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Size]]:
+def attention_weights(model: FctNet, images: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Size]]:
     """Per FCT module, in tap order: softmax(QK^T / sqrt(d)), (B, heads, Nq, Nk), and the K/V grid (H', W').
 
     timm's AttentionExtract traces the model (in eval mode) on the explicit path, since the fused
@@ -336,14 +336,14 @@ def attention_received(weights: torch.Tensor, kv_grid: Sequence[int]) -> torch.T
 
 
 @torch.no_grad()
-def fct_tap_maps(model: FctResNet, images: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def fct_tap_maps(model: FctNet, images: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Per FCT module: the attention received on its K/V grid, and its output's channel mean, (B, h, w) each."""
     attention = [attention_received(weights, kv_grid) for weights, kv_grid in attention_weights(model, images)]
     outputs = model.forward_intermediates(images, intermediates_only=True)
     return attention, [out.mean(dim=1) for out in outputs]
 
 
-def fct_stages(model: FctResNet) -> List[int]:
+def fct_stages(model: FctNet) -> List[int]:
     """The backbone stage each kept FCT module reads: model.fct is keyed by position in model.taps."""
     return [model.taps[int(key)] for key in model.fct]
 
@@ -463,7 +463,7 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
     metrics = compute_metrics(ev, names)
     row = {'name': lm.name, 'spec': lm.spec, 'arch': lm.info.model, 'dataset_line': dataset_line,
            'weights_line': weights_line(lm), 'gradcam': gradcam_title(lm.model), 'folder': folder,
-           'has_attention': isinstance(lm.model, FctResNet), 'metrics': metrics}
+           'has_attention': isinstance(lm.model, FctNet), 'metrics': metrics}
     (folder / METRICS_JSON).write_text(json.dumps(
         {'model': lm.spec, 'arch': lm.info.model, 'dataset': dataset_line, 'weights': lm.weights,
          'checkpoint_epoch': lm.epoch, **metrics}, indent=2))
