@@ -9,11 +9,11 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import run_offline, write_hub_cache
 from timm_fct.fct import checkpoint_filter_fn
 
-def backbone_hub_cache(hf_home, arch: str):
-    """A stand-in for timm/<arch>.a1_in1k: real weights of that architecture (random, seeded) in the cache layout."""
+def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
+    """A stand-in for timm/<arch>.<tag>: real weights of that architecture (random, seeded) in the cache layout."""
     torch.manual_seed(0)
     weights = timm.create_model(arch).state_dict()
-    snapshot = write_hub_cache(hf_home, f'timm/{arch}.a1_in1k', {
+    snapshot = write_hub_cache(hf_home, f'timm/{arch}.{tag}', {
         'model.safetensors': lambda p: save_file(weights, str(p)),
         'config.json': lambda p: p.write_text(json.dumps({'architecture': arch, 'num_classes': 1000})),
     })
@@ -128,3 +128,53 @@ def test_filter_keeps_fct_checkpoints_and_maps_resnet_ones():
     assert checkpoint_filter_fn(own, model) == own
     mapped = checkpoint_filter_fn(timm.create_model('resnet18').state_dict(), model)
     assert set(mapped) == set(own)
+
+
+def convnext_plain_name(features_name: str) -> str:
+    """timm's features_only ConvNeXt flattens its stem and stages Sequentials: stem_0 is the plain stem.0."""
+    return features_name.replace('stem_', 'stem.', 1).replace('stages_', 'stages.', 1)
+
+
+def assert_backbone_is_hub_weights(loaded: dict, hub: dict) -> None:
+    backbone = {convnext_plain_name(k.split('backbone.', 1)[1]): v for k, v in loaded.items() if 'backbone.' in k}
+    assert set(backbone) == {k for k in hub if not k.startswith('head.')}
+    for k, v in backbone.items():
+        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+    assert any(k.startswith('fct.') for k in loaded)
+
+
+def test_generic_model_loads_a_convnext_backbone_by_name_and_tag_offline(tmp_path):
+    """fct_bn with backbone='convnext_atto.d2_in1k', pretrained=True: timm loads that backbone's own weights."""
+    hf_home, weights_file = backbone_hub_cache(tmp_path / 'hf_home', 'convnext_atto', 'd2_in1k')
+    out = tmp_path / 'loaded.safetensors'
+    code = f"""
+import timm, timm_fct, torch
+from safetensors.torch import save_file
+model = timm.create_model('fct_bn', backbone='convnext_atto.d2_in1k', pretrained=True, num_classes=10)
+cfg = model.pretrained_cfg
+assert (cfg['crop_pct'], cfg['test_input_size'], cfg['first_conv']) == (0.875, (3, 288, 288), 'backbone.stem_0'), cfg
+assert model.get_classifier().out_features == 10
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
+"""
+    result = run_offline(hf_home, code)
+    assert result.returncode == 0, result.stderr
+    assert_backbone_is_hub_weights(load_file(str(out)), load_file(str(weights_file)))
+
+
+def test_named_convnext_model_loads_its_backbone_tag_offline(tmp_path):
+    """convnext_tiny_fct_bn's default tag reads timm/convnext_tiny.fb_in1k; stem.0 lands in backbone.stem_0."""
+    hf_home, weights_file = backbone_hub_cache(tmp_path / 'hf_home', 'convnext_tiny', 'fb_in1k')
+    out = tmp_path / 'loaded.safetensors'
+    code = f"""
+import timm, timm_fct, torch
+from safetensors.torch import save_file
+model = timm.create_model('convnext_tiny_fct_bn', pretrained=True, in_chans=1, num_classes=10)
+assert model.pretrained_cfg['tag'] == 'fb_in1k_backbone', model.pretrained_cfg
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
+"""
+    result = run_offline(hf_home, code)
+    assert result.returncode == 0, result.stderr
+    loaded, hub = load_file(str(out)), load_file(str(weights_file))
+    # in_chans=1: timm sums the stem's RGB filters (adapt_input_conv), found through first_conv
+    torch.testing.assert_close(loaded.pop('backbone.stem_0.weight'), hub.pop('stem.0.weight').sum(1, keepdim=True))
+    assert_backbone_is_hub_weights(loaded, hub)

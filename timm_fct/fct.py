@@ -258,7 +258,7 @@ def check_taps(backbone: str, levels: Sequence[Dict[str, Any]], taps: Sequence[i
     return taps
 
 
-def create_backbone(name: str, pretrained: bool, drop_path_rate: float = 0., **kwargs: Any) -> nn.Module:
+def create_backbone(name: str, pretrained: bool, drop_path_rate: float, **kwargs: Any) -> nn.Module:
     """timm's features_only model of `name`, returning every feature level it exposes (NCHW or NHWC).
 
     drop_path_rate goes only to backbones that take it (DenseNet and VGG do not).
@@ -352,6 +352,7 @@ class FctNet(nn.Module):
             drop_path_rate: float = 0.,
             pretrained_backbone: bool = False,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
             device=None,
             dtype=None,
     ):
@@ -377,6 +378,7 @@ class FctNet(nn.Module):
             pretrained_backbone: load the backbone's own pretrained weights through timm (name and tag).
             img_size: input size for backbones built for one size (timm passes it where the backbone's
                 pretrained_cfg has fixed_input_size, e.g. Swin).
+            backbone_kwargs: further keyword arguments for the backbone's timm.create_model.
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -388,7 +390,8 @@ class FctNet(nn.Module):
         self.grad_checkpointing = False
 
         self.backbone = create_backbone(
-            backbone, pretrained_backbone, in_chans=in_chans, drop_path_rate=drop_path_rate, img_size=img_size, **dd)
+            backbone, pretrained_backbone, drop_path_rate,
+            **(backbone_kwargs or {}), in_chans=in_chans, img_size=img_size, **dd)
         info = self.backbone.feature_info
         levels = [info.info[i] for i in info.out_indices]
         self.taps = check_taps(backbone, levels, default_taps(len(levels)) if taps is None else taps)
@@ -633,11 +636,18 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
         feature_cfg=dict(feature_cls='getter', out_indices=None),  # every FCT output; the model knows how many
         **kwargs,
     )
-    if isinstance(model, FctNet):  # the backbone's first convolution under features_only naming
-        first_conv = model.pretrained_cfg['first_conv'].removeprefix('backbone.')
-        modules = dict(model.backbone.named_modules())
-        model.pretrained_cfg['first_conv'] = f'backbone.{features_key(first_conv, modules)}'
+    if isinstance(model, FctNet):  # not the features_only wrapper, which has its own cfg
+        fit_cfg_to_backbone(model.pretrained_cfg, model)
     return model
+
+
+def fit_cfg_to_backbone(cfg: Dict[str, Any], model: FctNet) -> None:
+    """What a pretrained_cfg cannot know before the backbone is built: its first convolution's name under
+    features_only naming (stem.0 -> stem_0), the minimum input (the backbone's total stride) and the pool size."""
+    first_conv = cfg['first_conv'].removeprefix('backbone.')
+    cfg['first_conv'] = f'backbone.{features_key(first_conv, dict(model.backbone.named_modules()))}'
+    cfg['min_input_size'] = (cfg['input_size'][0], model.min_input_size, model.min_input_size)
+    cfg['pool_size'] = tuple(s // model.feature_info[-1]['reduction'] for s in cfg['input_size'][1:])
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
