@@ -239,14 +239,19 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_grad_checkpointing_recomputes_in_backward_and_gives_same_gradients():
+@pytest.mark.parametrize('name,kwargs,block', [
+    (SMALL, {}, 'layer1'),
+    ('fct_bn', dict(backbone='convnext_atto', embed_dim=32), 'stages_1'),
+    ('fct_ln', dict(backbone='efficientnet_b0', embed_dim=32), 'blocks.2'),
+])
+def test_grad_checkpointing_recomputes_in_backward_and_gives_same_gradients(name, kwargs, block):
     torch.manual_seed(0)
-    model = timm.create_model(SMALL).train()
-    x = _input(model)
+    model = timm.create_model(name, **kwargs).train()
+    x = torch.randn(2, 3, 64, 64)
     calls = {'fct': 0, 'backbone block': 0}
     # pre-hooks: a recomputation in backward may stop early, before a forward hook would run
     model.fct['0'].register_forward_pre_hook(lambda *a: calls.__setitem__('fct', calls['fct'] + 1))
-    model.backbone.layer1.register_forward_pre_hook(
+    model.backbone.get_submodule(block).register_forward_pre_hook(
         lambda *a: calls.__setitem__('backbone block', calls['backbone block'] + 1))
     grads, counts = [], []
     for enable in (False, True):
