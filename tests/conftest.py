@@ -17,6 +17,7 @@ import pytest
 import timm
 
 import timm_fct  # noqa: F401  registers the models before timm's test file lists them
+from timm_fct.fct import GENERIC_MODELS
 
 REPO = Path(__file__).parent.parent
 UPSTREAM_DIR = Path(__file__).parent / 'upstream'
@@ -58,6 +59,12 @@ def our_models(include_tags: bool = False) -> List[str]:
     return timm.list_models(module=list(OUR_MODULES), include_tags=include_tags)
 
 
+def upstream_models() -> set:
+    """Ours that timm's tests run on. The generic fct_bn / fct_ln build resnet50_fct_bn / _ln by default,
+    the same networks, on which timm's tests run; tests/test_backbones.py covers them on other backbones."""
+    return set(our_models()) - set(GENERIC_MODELS)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _fetch_upstream_tests()
     if os.environ.get('PYTEST_XDIST_WORKER'):
@@ -70,7 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     """In timm's file keep only the cases run on our models; skip the ones that need the internet."""
-    ours = set(our_models())
+    ours = upstream_models()
     keep, drop = [], []
     for item in items:
         if UPSTREAM_DIR not in Path(item.fspath).parents:
