@@ -138,3 +138,17 @@ def test_feature_maps_that_are_not_nchw_are_refused_by_name():
 def test_taps_out_of_range_name_the_backbone_and_its_levels():
     with pytest.raises(ValueError, match=r'levels of convnext_atto before its last, in 0\.\.2 \(4 levels'):
         timm.create_model('fct_bn', backbone='convnext_atto', taps=(0, 3))
+
+
+def test_the_global_descriptor_comes_from_the_backbones_last_level():
+    """Sequencer's features_only default leaves out its last stage; g must still come from there."""
+    last = timm.create_model('sequencer2d_s').feature_info[-1]['module']  # 'stages.3'
+    model = timm.create_model('fct_bn', backbone='sequencer2d_s', embed_dim=32)
+    seen = []
+    model.backbone.get_submodule(last.replace('.', '_', 1)).register_forward_hook(
+        lambda m, a, out: seen.append(out.shape))
+    g = []
+    model.fct['0'].register_forward_pre_hook(lambda m, args: g.append(args[1].shape))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 1 and g == [(1, seen[0][-1])]  # NHWC: channels last

@@ -259,27 +259,39 @@ def check_taps(backbone: str, levels: Sequence[Dict[str, Any]], taps: Sequence[i
 
 
 def create_backbone(name: str, pretrained: bool, drop_path_rate: float, **kwargs: Any) -> nn.Module:
-    """timm's features_only model of `name`, returning every feature level it exposes (NCHW or NHWC).
+    """timm's features_only model of `name`: the levels timm returns by default, and always the last one.
 
-    drop_path_rate goes only to backbones that take it (DenseNet and VGG do not).
+    drop_path_rate goes only to backbones that take it (DenseNet and VGG do not). A backbone whose default
+    leaves out its last level (Sequencer returns stages 0-2 of 4) is rebuilt with it: g comes from there.
     """
     kwargs.update(features_only=True, pretrained=pretrained)
+    if drop_path_rate:
+        kwargs['drop_path_rate'] = drop_path_rate
     try:
-        model = create_model(name, **kwargs, **({'drop_path_rate': drop_path_rate} if drop_path_rate else {}))
+        model = _create_features(name, kwargs)
     except TypeError as e:
         if 'drop_path_rate' not in str(e):
             raise
         warnings.warn(f'{name} takes no drop_path_rate; stochastic depth applies to the FCT modules only')
-        model = create_model(name, **kwargs)
+        del kwargs['drop_path_rate']
+        model = _create_features(name, kwargs)
+    info = model.feature_info
+    if info.out_indices[-1] != len(info.info) - 1:
+        model = _create_features(name, dict(kwargs, out_indices=(*info.out_indices, len(info.info) - 1)))
+    fmt = getattr(model, 'output_fmt', 'NCHW')  # timm's Format is a str enum
+    if fmt not in ('NCHW', 'NHWC'):
+        raise ValueError(f'{name} returns {fmt} features; FCT heads take NCHW or NHWC maps')
+    return model
+
+
+def _create_features(name: str, kwargs: Dict[str, Any]) -> nn.Module:
+    try:
+        return create_model(name, **kwargs)
     except (AttributeError, AssertionError) as e:
         if 'feature_info' not in str(e):
             raise
         raise ValueError(f'{name} has no feature_info, so timm cannot build it with features_only; FCT heads '
                          f'need a backbone that returns its feature maps') from e
-    fmt = getattr(model, 'output_fmt', 'NCHW')  # timm's Format is a str enum
-    if fmt not in ('NCHW', 'NHWC'):
-        raise ValueError(f'{name} returns {fmt} features; FCT heads take NCHW or NHWC maps')
-    return model
 
 
 def backbone_group_matcher(backbone: str, own_keys: Sequence[str], coarse: bool) -> Callable[[str], Tuple]:
@@ -709,14 +721,14 @@ def fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
 
 @register_model
 def convnext_tiny_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ConvNeXt-Tiny with BatchNorm FCT modules on its first three stages, 224x224 (1.05x the FLOPs)."""
+    """ConvNeXt-Tiny with BatchNorm FCT modules on its first three stages, 224x224 (1.06x the FLOPs)."""
     model_args = dict(backbone='convnext_tiny', norm='bn')
     return _create_fct('convnext_tiny_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def convnext_tiny_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ConvNeXt-Tiny with LayerNorm FCT modules on its first three stages, 224x224 (1.05x the FLOPs)."""
+    """ConvNeXt-Tiny with LayerNorm FCT modules on its first three stages, 224x224 (1.06x the FLOPs)."""
     model_args = dict(backbone='convnext_tiny', norm='ln')
     return _create_fct('convnext_tiny_fct_ln', pretrained, **dict(model_args, **kwargs))
 
