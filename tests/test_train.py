@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import QUICK, REPO, run_train, summary_rows
 from timm_fct.data import DigitsDataset, eval_transform
-from timm_fct.runs import read_run_info, read_summary
+from timm_fct.runs import RunFolder
 
 
 def read_state(path: Path) -> dict:
@@ -24,11 +24,11 @@ def read_state(path: Path) -> dict:
 
 def validation_logits(run: Path, state_dict: dict):
     """The run's model with `state_dict`, on the whole digits validation split under the run's own preprocessing."""
-    info = read_run_info(run)
-    cfg = info.pretrained_cfg
+    info = RunFolder(run).info()
+    cfg = info.data_config
     ds = DigitsDataset('validation', eval_transform(cfg['input_size'][-1], cfg['mean'], cfg['std'], cfg['crop_pct']))
     x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
-    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_kwargs).eval()
+    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_args).eval()
     model.load_state_dict(state_dict)
     with torch.no_grad():
         return model(x), y
@@ -48,13 +48,14 @@ def test_main_job_reaches_97_percent_on_digits_and_leaves_a_complete_run(tmp_pat
     args = yaml.safe_load((run / 'args.yaml').read_text())
     assert len(rows) == args['epochs']
     assert float(rows[-1]['eval_top1']) >= 97.0
-    for name in ('args.yaml', 'run.json', 'last.pth.tar', 'model_best.pth.tar', 'loss.png', 'accuracy.png'):
+    for name in ('args.yaml', 'config.json', 'model.safetensors', 'last.pth.tar', 'model_best.pth.tar', 'loss.png',
+                 'accuracy.png'):
         assert (run / name).stat().st_size > 0, name
     assert args['model'] == 'resnet18_fct_bn_cifar' and args['dataset'] == 'sklearn/digits'
     assert args['opt'] == 'adam' and args['weight_decay'] == 1e-4 and args['clip_grad'] == 1.0
     assert args['pipeline'] == 'memory' and args['img_size'] == 16
-    info = read_run_info(run)
-    assert info.label_names == [str(i) for i in range(10)] and info.pretrained_cfg['input_size'] == [3, 16, 16]
+    info = RunFolder(run).info()
+    assert info.label_names == [str(i) for i in range(10)] and info.data_config['input_size'] == [3, 16, 16]
     assert (run / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert not list(run.glob('*.tmp')) and not list(run.glob('.*'))
 
@@ -63,9 +64,10 @@ def test_best_checkpoint_reproduces_the_reported_accuracy(small_run):
     """model_best.pth.tar holds the weights (raw or EMA) whose top-1 the run reported as best."""
     ckpt = read_state(small_run / 'model_best.pth.tar')
     accuracy = [top1(*validation_logits(small_run, ckpt[key])) for key in ('state_dict', 'state_dict_ema')]
-    row = next(r for r in read_summary(small_run) if r['epoch'] == ckpt['epoch'])
+    row = next(r for r in RunFolder(small_run).summary() if r['epoch'] == ckpt['epoch'])
     assert accuracy == pytest.approx([row['eval_top1'], row['eval_ema_top1']], abs=1e-3)
     assert max(accuracy) == pytest.approx(ckpt['metric'], abs=1e-3)
+
 
 
 RECORDING_WRAPPER = """
@@ -133,7 +135,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycl
     killed = tmp_path / 'killed'
     assert len(summary_rows(killed)) == 1
 
-    metadata = {name: (killed / name).read_bytes() for name in ('args.yaml', 'run.json')}
+    metadata = {name: (killed / name).read_bytes() for name in ('args.yaml', 'config.json')}
     resumed = recording_train(tmp_path, tmp_path / 'killed.jsonl', '--resume', str(killed / 'last.pth.tar'), *common)
     assert resumed.returncode == 0, resumed.stderr
     assert {name: (killed / name).read_bytes() for name in metadata} == metadata, 'written once, at the start'
@@ -339,7 +341,7 @@ def test_resume_from_another_architecture(tmp_path):
 
 
 def test_paper_configs_are_complete_and_valid():
-    from train import build_parser, read_config
+    from timm_fct.train_args import build_parser, read_config
     parser = build_parser()
     rows = {'cifar10_resnet50.yaml': 'resnet50_cifar', 'cifar10_resnet50_fct_ln.yaml': 'resnet50_fct_ln_cifar',
             'cifar10_resnet50_fct_bn.yaml': 'resnet50_fct_bn_cifar',
@@ -356,7 +358,8 @@ def test_paper_configs_are_complete_and_valid():
 @pytest.mark.parametrize('flag,decayed', [((), 'weights only'), (('--wd-all-params',), 'everything')])
 def test_weight_decay_exempts_norms_and_biases_unless_told(flag, decayed):
     """timm exempts norm and bias parameters; the paper's torch.optim.Adam(weight_decay=1e-4) decays them all."""
-    from train import build_optimizer, parse_args
+    from timm_fct.train_args import parse_args
+    from train import build_optimizer
     model = timm.create_model('resnet18_fct_bn_cifar')
     args = parse_args(['--lr', '0.01', *flag])
     optimizer = build_optimizer(args, model)
