@@ -1,9 +1,11 @@
 """hub/: export a run in timm's Hub layout, load it back three ways offline, and push it with the network stubbed."""
 import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -190,10 +192,15 @@ def run_cli(capsys, *argv: str) -> SimpleNamespace:
     return SimpleNamespace(rc=rc, out=out, err=err)
 
 
-def test_export_writes_timm_hub_layout_with_run_config(exported, run_info):
+def test_export_writes_timm_hub_layout_with_run_config(exported, small_run, run_info):
     assert sorted(p.name for p in exported.iterdir()) == EXPORTED_FILES
     assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no temporary folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in exported.iterdir()} == {oct(0o666 & ~umask)}
+    assert oct(stat.S_IMODE(exported.stat().st_mode)) == oct(0o777 & ~umask)
     config = json.loads((exported / 'config.json').read_text())
+    assert config == json.loads((small_run / 'config.json').read_text())  # the run folder's own
     assert config['architecture'] == run_info.model and config['num_classes'] == run_info.num_classes
     assert config['label_names'] == run_info.label_names
     assert config['model_args']['num_classes'] == run_info.num_classes

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.conftest import QUICK, REPO, run_train, summary_rows
+from tests.conftest import QUICK, REPO, SMALL_RUN_ARGS, run_train, summary_rows
 from timm_fct.data import DigitsDataset, eval_transform
 from timm_fct.runs import RunFolder
 
@@ -69,6 +70,63 @@ def test_best_checkpoint_reproduces_the_reported_accuracy(small_run):
     assert max(accuracy) == pytest.approx(ckpt['metric'], abs=1e-3)
 
 
+
+def test_run_folder_loads_in_timm_with_the_best_weights_and_the_runs_preprocessing(small_run):
+    """`local-dir:RUN` is the best checkpoint's weights that evaluated better (EMA or raw), with the preprocessing
+    the run trained with in its pretrained_cfg: timm's own transform then scores what the run recorded."""
+    args = yaml.safe_load((small_run / 'args.yaml').read_text())
+    model = timm.create_model(f'local-dir:{small_run}', pretrained=True).eval()
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config['input_size'] == (3, args['img_size'], args['img_size'])
+    assert (config['mean'], config['std']) == (args['mean'], args['std'])
+    assert (config['crop_pct'], config['interpolation']) == (args['crop_pct'], args['interpolation'])
+    assert model.pretrained_cfg['label_names'] == [str(i) for i in range(10)]
+
+    rows = summary_rows(small_run)
+    ema_better = max(float(r['eval_ema_top1']) for r in rows) > max(float(r['eval_top1']) for r in rows)
+    best = read_state(small_run / 'model_best.pth.tar')
+    reference = timm.create_model(args['model'], num_classes=10, **args['model_kwargs']).eval()
+    reference.load_state_dict(best['state_dict_ema' if ema_better else 'state_dict'])
+    ds = DigitsDataset('validation', timm.data.create_transform(**config))
+    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(logits, reference(x), rtol=0, atol=0)
+    row = next(r for r in rows if int(r['epoch']) == best['epoch'])
+    assert top1(logits, y) == pytest.approx(float(row['eval_ema_top1' if ema_better else 'eval_top1']), abs=1e-3)
+
+
+def test_files_a_run_writes_keep_the_usual_permissions(tmp_path):
+    """Written aside and renamed into place, yet readable as any file made under the umask (not mkstemp's 0600)."""
+    import train
+    umask = os.umask(0o002)
+    try:
+        assert train.main(['--no-progress', '--epochs', '1', *QUICK, '--output', str(tmp_path),
+                           '--experiment', 'run']) == 0
+    finally:
+        os.umask(umask)
+    run = tmp_path / 'run'
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in run.iterdir()}
+    assert {'args.yaml', 'config.json', 'model.safetensors', 'summary.csv', 'loss.png', 'last.pth.tar'} <= set(modes)
+    assert modes == dict.fromkeys(modes, oct(0o664))
+    assert oct(stat.S_IMODE(run.stat().st_mode)) == oct(0o775)
+
+
+def test_resume_reads_its_checkpoint_once(small_run, tmp_path, monkeypatch):
+    """The check against the new flags, model, EMA, optimizer, epoch and the saver's history: all from one read."""
+    import train
+    reads = []
+    load = torch.load
+
+    def counted(f, *args, **kwargs):
+        reads.append(Path(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', counted)
+    checkpoint = small_run / 'last.pth.tar'
+    assert train.main(['--no-progress', *SMALL_RUN_ARGS, '--resume', str(checkpoint), '--output', str(tmp_path),
+                       '--experiment', 'resumed']) == 0  # all epochs done: restored, nothing trained
+    assert reads == [checkpoint]
 
 RECORDING_WRAPPER = """
 import json, os, sys, torch
@@ -135,6 +193,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycl
     killed = tmp_path / 'killed'
     assert len(summary_rows(killed)) == 1
 
+    assert (killed / 'model.safetensors').is_file(), 'the best weights so far, for a run that never finishes'
     metadata = {name: (killed / name).read_bytes() for name in ('args.yaml', 'config.json')}
     resumed = recording_train(tmp_path, tmp_path / 'killed.jsonl', '--resume', str(killed / 'last.pth.tar'), *common)
     assert resumed.returncode == 0, resumed.stderr
@@ -306,6 +365,7 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     (('--model', 'resnet50_fct_gn'), "unknown model 'resnet50_fct_gn'"),
     (('--model-kwargs', 'not_an_arg=1'), '--model-kwargs not accepted'),
     (('--model-kwargs', 'embed_dim=97'), 'embed_dim (97) must be divisible by num_heads (2)'),
+    (('--model', 'test_vit', '--model-kwargs', 'embed_dim=97'), 'dim should be divisible by num_heads'),  # an assert
     (('--sync-bn',), '--sync-bn needs GPUs'),
     (('--hflip', '1.5'), '--hflip is a probability: expected a value in [0, 1], got 1.5'),
     (('--pipeline', 'memory', '--data-dir', '.'), '--pipeline memory holds sklearn/digits, torch/cifar10'),
