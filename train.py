@@ -145,7 +145,8 @@ def check_finite(loss_sum: torch.Tensor, epoch: int, num_updates: int) -> float:
 def train_one_epoch(args: argparse.Namespace, epoch: int, training: Training, num_updates: int,
                     progress: bool) -> Tuple[float, int]:
     """One pass over the data; losses accumulate on the device and are read every --log-interval updates."""
-    task, optimizer, loss_scaler, loader = training.task, training.optimizer, training.loss_scaler, training.train_loader
+    task, optimizer, loss_scaler = training.task, training.optimizer, training.loss_scaler
+    loader = training.train_loader
     task.train()
     loss_sum = torch.zeros((), device=args.device)
     interval_sum = torch.zeros((), device=args.device)
@@ -158,7 +159,8 @@ def train_one_epoch(args: argparse.Namespace, epoch: int, training: Training, nu
             loss = task(x, y)['loss']
         optimizer.zero_grad(set_to_none=True)
         if loss_scaler is not None:
-            loss_scaler(loss, optimizer, clip_grad=clip, clip_mode=args.clip_mode, parameters=task.get_clip_parameters())
+            loss_scaler(loss, optimizer, clip_grad=clip, clip_mode=args.clip_mode,
+                        parameters=task.get_clip_parameters())
         else:
             loss.backward()
             if clip:

@@ -200,19 +200,17 @@ def _floats(values: Optional[Any]) -> str:
 
 def metrics_section(trained: TrainedRun) -> str:
     """Best and last top-1/top-5 of the raw and (when trained) EMA weights, from the run's summary."""
-    rows = trained.folder.summary()
-    if not rows:
+    epochs = len(trained.folder.summary())
+    if not epochs:
         return '\nThe run has no summary, so no evaluation metrics were recorded.\n'
-    best, last = trained.folder.best_metrics(), rows[-1]
     lines = ['', '| Weights | Best top-1 | Best top-5 | Last top-1 | Last top-5 |', '|---|---|---|---|---|']
-    for label, prefix, is_ema in (('raw', 'eval_', False), ('EMA', 'eval_ema_', True)):
-        if f'{prefix}top1' not in best:
-            continue
-        name = f'{label} (published)' if is_ema == trained.ema else label
-        values = [source.get(f'{prefix}{k}') for source in (best, last) for k in ('top1', 'top5')]
-        lines.append(f'| {name} | ' + ' | '.join('-' if v is None else f'{v:.2f}' for v in values) + ' |')
-    lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split; {len(rows)} epoch(s) recorded, '
-                 f'the last is epoch {int(last.get("epoch", len(rows) - 1))} (counted from 0).\n')
+    for label, is_ema in (('raw', False), ('EMA', True)):
+        accuracy = trained.folder.accuracy(ema=is_ema)
+        if accuracy:
+            name = f'{label} (published)' if is_ema == trained.ema else label
+            cells = ['-' if v is None else f'{v:.2f}' for v in accuracy.values()]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split, over the {epochs} epoch(s) recorded.\n')
     return '\n'.join(lines)
 
 

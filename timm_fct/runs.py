@@ -180,6 +180,15 @@ class RunFolder:
                     best[k] = (min if k.endswith('loss') else max)(best.get(k, v), v)
         return best
 
+    def accuracy(self, ema: bool = False) -> Dict[str, Optional[float]]:
+        """Best and last top-1 / top-5 of the raw or EMA weights (best_top1, ..., last_top5); {} if never evaluated."""
+        prefix = 'eval_ema_' if ema else 'eval_'
+        best, rows = self.best_metrics(), self.summary()
+        if f'{prefix}top1' not in best:
+            return {}
+        return {f'{when}_{k}': values.get(prefix + k) for when, values in (('best', best), ('last', rows[-1]))
+                for k in ('top1', 'top5')}
+
     def ema_evaluated_better(self) -> bool:
         """True when the run's best EMA top-1 beats its best raw top-1."""
         best = self.best_metrics()
