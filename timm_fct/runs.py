@@ -122,8 +122,10 @@ class RunFolder:
             model, str(p), model_config={'label_names': list(label_names)}, data_config=dict(data_config)))
 
     def write_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """model.safetensors; through bytes, since safetensors' save_file makes its files private (0600)."""
-        self.write(self.WEIGHTS, lambda p: p.write_bytes(save(clean_state_dict(dict(state_dict)))))
+        """model.safetensors, in the standard layout (safetensors refuses --channels-last weights); through bytes,
+        since safetensors' save_file makes its files private (0600)."""
+        tensors = {k: v.contiguous() for k, v in clean_state_dict(dict(state_dict)).items()}
+        self.write(self.WEIGHTS, lambda p: p.write_bytes(save(tensors)))
 
     def resume_at(self, epoch: int) -> None:
         """Forget the summary rows of epochs a resumed run trains again."""
