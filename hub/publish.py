@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from timm_fct.cli import run_cli
 from timm_fct.hub import check_repo_id, commit_message_for, export, push, require_token, upload_plan
-from timm_fct.runs import WEIGHT_CHOICES, RunError
+from timm_fct.runs import WEIGHT_CHOICES, RunFolder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--repo-id', help="push to this Hub model repo, 'org/name'")
     parser.add_argument('--weights', choices=WEIGHT_CHOICES, default='auto',
                         help='EMA or raw weights; auto takes EMA when it evaluated better (default)')
-    parser.add_argument('--report', type=Path, help='folder with a confusion_matrix.png for the model card')
+    parser.add_argument('--report', type=Path, help=f'folder with a {RunFolder.CONFUSION_PLOT} for the model card')
     parser.add_argument('--dry-run', action='store_true', help='list what would be uploaded; no network')
     parser.add_argument('--overwrite-card', action='store_true', help="replace the repo's existing README.md")
     parser.add_argument('--private', action='store_true', help='create the repo as private')
@@ -65,25 +66,26 @@ def publish(args: argparse.Namespace, folder: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Mistakes end with one `error:` line and exit code 2, as in train.py and the report."""
+    return run_cli(export_and_publish, argv)
+
+
+def export_and_publish(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.out and not args.repo_id:
         parser.error('give --out DIR to export, --repo-id org/name to publish, or both')
     if args.dry_run and not args.repo_id:
         parser.error('--dry-run needs --repo-id (it shows what would be uploaded there)')
-    try:
-        if args.repo_id:  # fail on these before minutes of export work
-            check_repo_id(args.repo_id)
-            if not args.dry_run:
-                require_token()
-        if args.out:
-            publish(args, args.out)
-        else:
-            with tempfile.TemporaryDirectory(prefix='timm_fct_hub_') as tmp:
-                publish(args, Path(tmp) / 'export')
-    except RunError as e:
-        print(f'publish.py: error: {e}', file=sys.stderr)
-        return 1
+    if args.repo_id:  # fail on these before minutes of export work
+        check_repo_id(args.repo_id)
+        if not args.dry_run:
+            require_token()
+    if args.out:
+        publish(args, args.out)
+    else:
+        with tempfile.TemporaryDirectory(prefix='timm_fct_hub_') as tmp:
+            publish(args, Path(tmp) / 'export')
     return 0
 
 

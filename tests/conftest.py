@@ -128,11 +128,12 @@ def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
 
 
-def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, in a subprocess."""
+def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, umask: Optional[int] = None,
+              **env: str) -> subprocess.CompletedProcess:
+    """Run train.py as a user would, in a subprocess (under `umask` when given)."""
     cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]
     return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
+                          env={**os.environ, **env}, preexec_fn=None if umask is None else lambda: os.umask(umask))
 
 
 # a cheap setting for the tests about the training machinery, not the accuracy: the digits at their native 8 px
@@ -146,7 +147,9 @@ def summary_rows(run_dir: Path) -> list:
 
 
 # the smallest real run that has what the hub and report tests read: 2 epochs on the digits at 12 px (every
-# FCT module attends over several keys), a narrow FCT head, and an EMA whose decay lets it move in 42 updates
+# FCT module attends over several keys), a narrow FCT head, and an EMA whose decay lets it move in 42 updates;
+# trained under this umask, which the files it leaves must follow
+SMALL_RUN_UMASK = 0o002
 SMALL_RUN_ARGS = ('--epochs', '2', '--img-size', '12', '-b', '64', '--model-kwargs', 'embed_dim=32',
                   '--model-ema', '--model-ema-decay', '0.9')
 
@@ -160,7 +163,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     run_dir = root / 'small_run' / 'digits'
     with FileLock(str(root / 'small_run.lock')):
         if not (run_dir / 'model_best.pth.tar').exists():
-            result = run_train(*SMALL_RUN_ARGS, '--output', str(run_dir.parent), '--experiment', run_dir.name)
+            result = run_train(*SMALL_RUN_ARGS, '--output', str(run_dir.parent), '--experiment', run_dir.name,
+                               umask=SMALL_RUN_UMASK)
             if result.returncode:
                 pytest.fail(f'train.py failed:\n{result.stdout}\n{result.stderr}')
     return run_dir

@@ -1,9 +1,11 @@
 """hub/: export a run in timm's Hub layout, load it back three ways offline, and push it with the network stubbed."""
 import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,17 +16,17 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from timm.models import save_for_hf
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.hub import NO_TOKEN, HubError, export, load_run, push, validate_export
-from timm_fct.runs import BEST, RunInfo, load_trained_model, read_checkpoint, read_run_info
+from timm_fct.runs import RunFolder, RunInfo, read_checkpoint
 
 from tests.conftest import run_offline, write_hub_cache
 
 ARCH = 'resnet18_fct_bn_cifar'
 REPO_ID = 'org/fct-digits'
 TOKEN = 'hf_secret_test_token_0123456789'
+BEST = RunFolder.BEST
 EXPORTED_FILES = ['README.md', 'accuracy.png', 'config.json', 'confusion_matrix.png', 'model.safetensors']
 
 
@@ -59,7 +61,7 @@ def exported(small_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def run_info(small_run) -> RunInfo:
-    return read_run_info(small_run)
+    return RunFolder(small_run).info()
 
 
 # summary.csv of the doctored runs, written by the tests: (top-1, top-5) per epoch of the weights that evaluated
@@ -123,11 +125,11 @@ def assert_same_tensors(actual: Dict[str, torch.Tensor], expected: Dict[str, tor
 
 @pytest.fixture(scope='module')
 def reference(small_run):
-    """A fixed batch at the run's input size, and the logits of the model runs.load_trained_model builds."""
-    model, info = load_trained_model(small_run)
-    x = torch.randn(4, *info.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
+    """A fixed batch at the run's input size, and the logits of the model runs.load_run builds."""
+    trained = load_run(small_run)
+    x = torch.randn(4, *trained.info.data_config['input_size'], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return x, model(x)
+        return x, trained.model(x)
 
 
 @pytest.fixture(scope='module')
@@ -150,7 +152,10 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def fake_hub(monkeypatch, no_network) -> SimpleNamespace:
-    """HfApi's network methods replaced at their boundary: calls are recorded, answers are the Hub's shape."""
+    """HfApi's network methods replaced at their boundary: calls are recorded, answers are the Hub's shape.
+
+    upload_folder is the boundary of a push: the real one also asks the Hub to validate the card and, with
+    hf_xet installed, uploads and commits through its own pipeline rather than create_commit."""
     hub = SimpleNamespace(calls=[], has_card=False, commits=[])
     monkeypatch.setenv('HF_TOKEN', TOKEN)
 
@@ -163,13 +168,13 @@ def fake_hub(monkeypatch, no_network) -> SimpleNamespace:
         assert kwargs.get('exist_ok') is True
         return huggingface_hub.RepoUrl(f'https://huggingface.co/{repo_id}')
 
-    def create_commit(self, repo_id, operations, **kwargs):
-        hub.calls.append('create_commit')
-        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        hub.calls.append('upload_folder')
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
         hub.commits.append(dict(repo_id=repo_id, token=self.token, files=files, **kwargs))
         return SimpleNamespace(commit_url=f'https://huggingface.co/{repo_id}/commit/0123abc')
 
-    for name, fn in (('file_exists', file_exists), ('create_repo', create_repo), ('create_commit', create_commit)):
+    for name, fn in (('file_exists', file_exists), ('create_repo', create_repo), ('upload_folder', upload_folder)):
         monkeypatch.setattr(huggingface_hub.HfApi, name, fn)
     return hub
 
@@ -187,15 +192,20 @@ def run_cli(capsys, *argv: str) -> SimpleNamespace:
     return SimpleNamespace(rc=rc, out=out, err=err)
 
 
-def test_export_writes_timm_hub_layout_with_run_config(exported, run_info):
+def test_export_writes_timm_hub_layout_with_run_config(exported, small_run, run_info):
     assert sorted(p.name for p in exported.iterdir()) == EXPORTED_FILES
     assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no temporary folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in exported.iterdir()} == {oct(0o666 & ~umask)}
+    assert oct(stat.S_IMODE(exported.stat().st_mode)) == oct(0o777 & ~umask)
     config = json.loads((exported / 'config.json').read_text())
+    assert config == json.loads((small_run / 'config.json').read_text())  # the run folder's own
     assert config['architecture'] == run_info.model and config['num_classes'] == run_info.num_classes
     assert config['label_names'] == run_info.label_names
     assert config['model_args']['num_classes'] == run_info.num_classes
     for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
-        expected = run_info.pretrained_cfg[key]
+        expected = run_info.data_config[key]
         assert config['pretrained_cfg'][key] == (list(expected) if isinstance(expected, tuple) else expected), key
 
 
@@ -249,7 +259,7 @@ HUB_LOADS = {
         # the run's model arguments (a narrow FCT head) are the caller's, as for any timm model
         "timm.create_model(register_pretrained_tag("
         f"info.model, 'digits', '{REPO_ID}', num_classes=info.num_classes, label_names=info.label_names, "
-        "**info.pretrained_cfg), pretrained=True, **info.model_kwargs)"),
+        "**info.data_config), pretrained=True, **info.model_args)"),
 }
 
 
@@ -260,9 +270,9 @@ def test_hub_cache_loads_offline_with_identical_logits(create, hub_cache, refere
     code = f"""
 import timm, timm_fct, torch
 from timm_fct.hub import register_pretrained_tag
-from timm_fct.runs import read_run_info
+from timm_fct.runs import RunFolder
 torch.set_num_threads({torch.get_num_threads()})
-info = read_run_info({str(small_run)!r})
+info = RunFolder({str(small_run)!r}).info()
 model = {create}.eval()
 assert model.pretrained_cfg['label_names'] == info.label_names, model.pretrained_cfg
 with torch.no_grad():
@@ -288,7 +298,7 @@ assert timm.get_pretrained_cfg(name).hf_hub_id == '{REPO_ID}'
 def test_push_sends_the_export_as_one_commit(fake_hub, small_run, run_info, exported, capsys):
     result = run_cli(capsys, small_run, '--repo-id', REPO_ID)
     assert result.rc == 0, result.err
-    assert fake_hub.calls == ['file_exists', 'create_repo', 'create_commit']
+    assert fake_hub.calls == ['file_exists', 'create_repo', 'upload_folder']
     commit, = fake_hub.commits
     assert commit['repo_id'] == REPO_ID and commit['token'] == TOKEN
     assert commit['commit_message'] == f'Add {run_info.model} weights trained with timm-fct {timm_fct.__version__}'
@@ -347,22 +357,23 @@ def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message
     run = make(small_run, tmp_path)
     before = sorted(tmp_path.iterdir())
     result = run_cli(capsys, run, '--out', tmp_path / 'export')
-    assert result.rc == 1 and message in result.err, result.err
+    assert result.rc == 2 and message in result.err, result.err
     assert sorted(tmp_path.iterdir()) == before
 
 
 def test_export_failing_after_its_temporary_folder_exists_leaves_nothing(small_run, tmp_path, monkeypatch, capsys):
     """config.json saved for another head: validation refuses the folder after the weights were written into it."""
     saved_in = []
+    write_config = RunFolder.write_config
 
-    def save_for_another_head(model, folder, **kwargs):
-        save_for_hf(model, folder, **kwargs)
-        saved_in.append(Path(folder))
-        _edit_config(Path(folder))
+    def write_config_for_another_head(self, *args, **kwargs):
+        write_config(self, *args, **kwargs)
+        saved_in.append(self.path)
+        _edit_config(self.path)
 
-    monkeypatch.setattr('timm_fct.hub.save_for_hf', save_for_another_head)
+    monkeypatch.setattr(RunFolder, 'write_config', write_config_for_another_head)
     result = run_cli(capsys, small_run, '--out', tmp_path / 'export')
-    assert result.rc == 1 and 'model.safetensors does not match config.json' in result.err, result.err
+    assert result.rc == 2 and 'model.safetensors does not match config.json' in result.err, result.err
     assert [p.parent for p in saved_in] == [tmp_path]  # it failed in a temporary folder beside --out
     assert list(tmp_path.iterdir()) == []
 
@@ -411,14 +422,14 @@ def test_export_not_matching_its_config_is_refused_before_upload(damage, message
 def test_malformed_repo_id_is_refused_up_front(repo_id, no_network, small_run, tmp_path, capsys):
     start = time.monotonic()
     result = run_cli(capsys, small_run, '--repo-id', repo_id, '--out', tmp_path / 'export')
-    assert result.rc == 1 and f'malformed repo id {repo_id!r}' in result.err, result.err
+    assert result.rc == 2 and f'malformed repo id {repo_id!r}' in result.err, result.err
     assert list(tmp_path.iterdir()) == []
     assert time.monotonic() - start < 5
 
 
 def test_push_without_token_says_how_to_log_in(no_token, no_network, small_run, exported, tmp_path, capsys):
     result = run_cli(capsys, small_run, '--repo-id', REPO_ID, '--out', tmp_path / 'export')
-    assert result.rc == 1 and NO_TOKEN in result.err, result.err
+    assert result.rc == 2 and NO_TOKEN in result.err, result.err
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(HubError, match='no Hugging Face token'):
         push(exported, REPO_ID)

@@ -23,10 +23,11 @@ import timm_fct  # noqa: F401  registers the models
 from timm_fct import report
 from timm_fct.fct import _to_tokens
 
-from timm_fct.runs import BEST
+from timm_fct.runs import RunFolder
 
 MODEL = 'resnet18_fct_bn_cifar'
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
+BEST = RunFolder.BEST
 REPORT_FILES = {'metrics.json', 'metrics.md', 'confusion_matrix.png', 'gradcam.png', 'attention.png', 'index.html'}
 
 
@@ -289,7 +290,7 @@ def test_unusable_input_exits_2_with_a_clear_error_and_no_report(case, message, 
 
 @pytest.fixture(scope='module')
 def baseline_checkpoint(tmp_path_factory) -> Path:
-    """An untrained plain ResNet, saved as a bare checkpoint file with its architecture name (no run.json)."""
+    """An untrained plain ResNet, saved as a bare checkpoint file with its architecture name (no config.json beside it)."""
     path = tmp_path_factory.mktemp('baseline') / 'resnet18_cifar.pth.tar'
     torch.manual_seed(0)
     model = timm.create_model('resnet18_cifar', num_classes=10)

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.conftest import QUICK, REPO, run_train, summary_rows
+from tests.conftest import QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, summary_rows
 from timm_fct.data import DigitsDataset, eval_transform
-from timm_fct.runs import read_run_info, read_summary
+from timm_fct.runs import RunFolder
 
 
 def read_state(path: Path) -> dict:
@@ -24,11 +25,11 @@ def read_state(path: Path) -> dict:
 
 def validation_logits(run: Path, state_dict: dict):
     """The run's model with `state_dict`, on the whole digits validation split under the run's own preprocessing."""
-    info = read_run_info(run)
-    cfg = info.pretrained_cfg
+    info = RunFolder(run).info()
+    cfg = info.data_config
     ds = DigitsDataset('validation', eval_transform(cfg['input_size'][-1], cfg['mean'], cfg['std'], cfg['crop_pct']))
     x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
-    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_kwargs).eval()
+    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_args).eval()
     model.load_state_dict(state_dict)
     with torch.no_grad():
         return model(x), y
@@ -48,13 +49,14 @@ def test_main_job_reaches_97_percent_on_digits_and_leaves_a_complete_run(tmp_pat
     args = yaml.safe_load((run / 'args.yaml').read_text())
     assert len(rows) == args['epochs']
     assert float(rows[-1]['eval_top1']) >= 97.0
-    for name in ('args.yaml', 'run.json', 'last.pth.tar', 'model_best.pth.tar', 'loss.png', 'accuracy.png'):
+    for name in ('args.yaml', 'config.json', 'model.safetensors', 'last.pth.tar', 'model_best.pth.tar', 'loss.png',
+                 'accuracy.png'):
         assert (run / name).stat().st_size > 0, name
     assert args['model'] == 'resnet18_fct_bn_cifar' and args['dataset'] == 'sklearn/digits'
     assert args['opt'] == 'adam' and args['weight_decay'] == 1e-4 and args['clip_grad'] == 1.0
     assert args['pipeline'] == 'memory' and args['img_size'] == 16
-    info = read_run_info(run)
-    assert info.label_names == [str(i) for i in range(10)] and info.pretrained_cfg['input_size'] == [3, 16, 16]
+    info = RunFolder(run).info()
+    assert info.label_names == [str(i) for i in range(10)] and info.data_config['input_size'] == [3, 16, 16]
     assert (run / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert not list(run.glob('*.tmp')) and not list(run.glob('.*'))
 
@@ -63,10 +65,61 @@ def test_best_checkpoint_reproduces_the_reported_accuracy(small_run):
     """model_best.pth.tar holds the weights (raw or EMA) whose top-1 the run reported as best."""
     ckpt = read_state(small_run / 'model_best.pth.tar')
     accuracy = [top1(*validation_logits(small_run, ckpt[key])) for key in ('state_dict', 'state_dict_ema')]
-    row = next(r for r in read_summary(small_run) if r['epoch'] == ckpt['epoch'])
+    row = next(r for r in RunFolder(small_run).summary() if r['epoch'] == ckpt['epoch'])
     assert accuracy == pytest.approx([row['eval_top1'], row['eval_ema_top1']], abs=1e-3)
     assert max(accuracy) == pytest.approx(ckpt['metric'], abs=1e-3)
 
+
+
+def test_run_folder_loads_in_timm_with_the_best_weights_and_the_runs_preprocessing(small_run):
+    """`local-dir:RUN` is the best checkpoint's weights that evaluated better (EMA or raw), with the preprocessing
+    the run trained with in its pretrained_cfg: timm's own transform then scores what the run recorded."""
+    args = yaml.safe_load((small_run / 'args.yaml').read_text())
+    model = timm.create_model(f'local-dir:{small_run}', pretrained=True).eval()
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config['input_size'] == (3, args['img_size'], args['img_size'])
+    assert (config['mean'], config['std']) == (args['mean'], args['std'])
+    assert (config['crop_pct'], config['interpolation']) == (args['crop_pct'], args['interpolation'])
+    assert model.pretrained_cfg['label_names'] == [str(i) for i in range(10)]
+
+    rows = summary_rows(small_run)
+    ema_better = max(float(r['eval_ema_top1']) for r in rows) > max(float(r['eval_top1']) for r in rows)
+    best = read_state(small_run / 'model_best.pth.tar')
+    reference = timm.create_model(args['model'], num_classes=10, **args['model_kwargs']).eval()
+    reference.load_state_dict(best['state_dict_ema' if ema_better else 'state_dict'])
+    ds = DigitsDataset('validation', timm.data.create_transform(**config))
+    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(logits, reference(x), rtol=0, atol=0)
+    row = next(r for r in rows if int(r['epoch']) == best['epoch'])
+    assert top1(logits, y) == pytest.approx(float(row['eval_ema_top1' if ema_better else 'eval_top1']), abs=1e-3)
+
+
+def test_files_a_run_writes_keep_the_usual_permissions(small_run):
+    """Written aside and renamed into place, yet readable as any file made under the umask (conftest trains the
+    run under umask 002), where mkstemp and safetensors' save_file made them 0600."""
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in small_run.iterdir()}
+    assert {'args.yaml', 'config.json', 'model.safetensors', 'summary.csv', 'loss.png', 'last.pth.tar'} <= set(modes)
+    assert modes == dict.fromkeys(modes, oct(0o666 & ~SMALL_RUN_UMASK))
+    assert oct(stat.S_IMODE(small_run.stat().st_mode)) == oct(0o777 & ~SMALL_RUN_UMASK)
+
+
+def test_resume_reads_its_checkpoint_once(small_run, tmp_path, monkeypatch):
+    """The check against the new flags, model, EMA, optimizer, epoch and the saver's history: all from one read."""
+    import train
+    reads = []
+    load = torch.load
+
+    def counted(f, *args, **kwargs):
+        reads.append(Path(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', counted)
+    checkpoint = small_run / 'last.pth.tar'
+    assert train.main(['--no-progress', *SMALL_RUN_ARGS, '--resume', str(checkpoint), '--output', str(tmp_path),
+                       '--experiment', 'resumed']) == 0  # all epochs done: restored, nothing trained
+    assert reads == [checkpoint]
 
 RECORDING_WRAPPER = """
 import json, os, sys, torch
@@ -133,7 +186,8 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycl
     killed = tmp_path / 'killed'
     assert len(summary_rows(killed)) == 1
 
-    metadata = {name: (killed / name).read_bytes() for name in ('args.yaml', 'run.json')}
+    assert (killed / 'model.safetensors').is_file(), 'the best weights so far, for a run that never finishes'
+    metadata = {name: (killed / name).read_bytes() for name in ('args.yaml', 'config.json')}
     resumed = recording_train(tmp_path, tmp_path / 'killed.jsonl', '--resume', str(killed / 'last.pth.tar'), *common)
     assert resumed.returncode == 0, resumed.stderr
     assert {name: (killed / name).read_bytes() for name in metadata} == metadata, 'written once, at the start'
@@ -315,6 +369,15 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, argv, message):
     assert not any(tmp_path.iterdir()), 'nothing may be written for a run that could not start'
 
 
+def test_a_model_asserting_on_its_arguments_is_a_user_mistake(tmp_path, capsys):
+    """timm's models check their arguments with assert as often as with raise: either is one error: line."""
+    import train
+    assert train.cli(['--model', 'test_vit', '--model-kwargs', 'embed_dim=97', '--output', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --model-kwargs not accepted by test_vit: dim should be divisible by num_heads')
+    assert not any(tmp_path.iterdir())
+
+
 def test_empty_data_folder(tmp_path):
     empty = tmp_path / 'data'
     empty.mkdir()
@@ -339,7 +402,7 @@ def test_resume_from_another_architecture(tmp_path):
 
 
 def test_paper_configs_are_complete_and_valid():
-    from train import build_parser, read_config
+    from timm_fct.train_args import build_parser, read_config
     parser = build_parser()
     rows = {'cifar10_resnet50.yaml': 'resnet50_cifar', 'cifar10_resnet50_fct_ln.yaml': 'resnet50_fct_ln_cifar',
             'cifar10_resnet50_fct_bn.yaml': 'resnet50_fct_bn_cifar',
@@ -356,7 +419,8 @@ def test_paper_configs_are_complete_and_valid():
 @pytest.mark.parametrize('flag,decayed', [((), 'weights only'), (('--wd-all-params',), 'everything')])
 def test_weight_decay_exempts_norms_and_biases_unless_told(flag, decayed):
     """timm exempts norm and bias parameters; the paper's torch.optim.Adam(weight_decay=1e-4) decays them all."""
-    from train import build_optimizer, parse_args
+    from timm_fct.train_args import parse_args
+    from train import build_optimizer
     model = timm.create_model('resnet18_fct_bn_cifar')
     args = parse_args(['--lr', '0.01', *flag])
     optimizer = build_optimizer(args, model)

@@ -15,6 +15,8 @@ from timm.data.transforms import MaybeToTensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from .cli import CliError
+
 DIGITS = 'sklearn/digits'
 DIGITS_MEAN = (0.3053,) * 3  # of the training split, images scaled to [0, 1]
 DIGITS_STD = (0.3758,) * 3
@@ -25,7 +27,7 @@ IN_MEMORY_DATASETS = (DIGITS, *TORCH_DOWNLOADABLE)  # small enough to hold whole
 TRAIN_SPLITS = ('train', 'training')
 
 
-class DatasetError(ValueError):
+class DatasetError(CliError):
     """A dataset that cannot be built from what the user gave; the message says what was expected."""
 
 

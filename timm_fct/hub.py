@@ -1,40 +1,36 @@
 """A train.py run as a Hugging Face Hub model repository, and a published repository as a timm tag.
 
-Export writes timm's own Hub layout (`timm.models.save_for_hf`: model.safetensors and config.json with the
-architecture, model_args, label names and the preprocessing the run used) plus a model card generated
-from the run, so `timm.create_model('hf-hub:org/name', pretrained=True)` and `'local-dir:PATH'` rebuild the
-trained model once timm_fct is imported. Publishing sends that folder as one commit through
-huggingface_hub; every check that can be made locally is made before the first network call.
+The export is the run's timm model files (config.json and model.safetensors, written by RunFolder as
+train.py writes them into the run folder, with the weights chosen by --weights), the run's plots, and a
+model card made with huggingface_hub's ModelCard, so `timm.create_model('hf-hub:org/name', pretrained=True)`
+and `'local-dir:PATH'` rebuild the trained model once timm_fct is imported. Publishing sends that folder
+as one commit with `HfApi.upload_folder`; every check that can be made locally is made before the first
+network call.
 """
-import os
 import shutil
-import tempfile
+import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import timm
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.models import save_for_hf
-from timm.models._hub import load_model_config_from_path
-from timm.models import _registry
+from timm.models import get_arch_pretrained_cfgs, model_entrypoint, register_model
 
 from . import __version__
-from .runs import (
-    DATA_CFG_KEYS, RunError, TrainedRun, best_metrics, load_run, load_state, read_summary,
-)
+from .runs import RunError, RunFolder, TrainedRun, load_run, load_state, replace_when_done
 
-CONFIG = 'config.json'
-WEIGHTS = 'model.safetensors'
 CARD = 'README.md'
-ARGS = 'args.yaml'
-PLOTS = {'accuracy.png': 'Accuracy per epoch', 'confusion_matrix.png': 'Confusion matrix on the evaluation split'}
+PLOT_CAPTIONS = {RunFolder.ACCURACY_PLOT: 'Accuracy per epoch',
+                 RunFolder.CONFUSION_PLOT: 'Confusion matrix on the evaluation split'}
 LICENSE = 'apache-2.0'
+TAGS = ['image-classification', 'timm', 'timm-fct', 'fully-convolutional-transformer']
 PAPER = ('Learning to Pay Multiple Attention with Fully Convolutional Transformers',
          'Mensah, Bah and Brink')
 MAX_LABELS_SHOWN = 20
@@ -43,20 +39,6 @@ NO_TOKEN = 'no Hugging Face token: set HF_TOKEN or run `hf auth login`'
 
 class HubError(RunError):
     """An export, a repo id or a publish that cannot go ahead; the message names the cause."""
-
-
-def find_plots(run_dir: Path, report_dir: Optional[Union[str, Path]] = None) -> List[Path]:
-    """The run's plots the card shows; a report folder, when given, is searched first."""
-    if report_dir and not Path(report_dir).is_dir():
-        raise HubError(f'report folder {report_dir} does not exist')
-    folders = [Path(report_dir)] if report_dir else []
-    folders.append(run_dir)
-    found = []
-    for name in PLOTS:
-        match = next((f / name for f in folders if (f / name).is_file()), None)
-        if match:
-            found.append(match)
-    return found
 
 
 def export(
@@ -68,75 +50,62 @@ def export(
 ) -> Path:
     """Write the Hub folder for a run at `out`, whole or not at all.
 
-    Everything is written and validated in a temporary sibling folder, which is then renamed into place,
+    Everything is written and validated in a hidden sibling folder, which is then renamed into place,
     so an interrupted or failed export never leaves a folder that looks usable.
     """
     out = Path(out)
     if out.exists():
         raise HubError(f'{out} already exists: remove it or choose another --out')
     trained = load_run(run, weights)
-    plots = find_plots(trained.run_dir, report_dir)
+    plots = trained.folder.card_plots(report_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
-    try:
+    with replace_when_done(out) as tmp:
+        tmp.mkdir()
         write_export(trained, tmp, plots, repo_id)
         validate_export(tmp)
-        tmp.chmod(0o755)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def write_export(trained: TrainedRun, folder: Path, plots: List[Path], repo_id: Optional[str]) -> None:
-    """Weights and config.json through timm's save_for_hf, then the plots and the model card."""
-    info = trained.info
-    save_for_hf(
-        trained.model,
-        str(folder),
-        model_config={'label_names': list(info.label_names), 'pretrained_cfg': {'paper_name': PAPER[0]}},
-        data_config={k: info.pretrained_cfg[k] for k in DATA_CFG_KEYS if k in info.pretrained_cfg},
-        safe_serialization=True,
-    )
+    """The run's timm model files with the chosen weights, then the plots and the model card."""
+    model_files = RunFolder(folder)
+    model_files.write_config(trained.model, trained.info.label_names, trained.info.data_config)
+    model_files.write_weights(trained.model.state_dict())
     for plot in plots:
         shutil.copyfile(plot, folder / plot.name)
-    (folder / CARD).write_text(model_card(trained, [p.name for p in plots], repo_id), encoding='utf-8')
+    model_card(trained, [p.name for p in plots], repo_id).save(folder / CARD)
 
 
 def validate_export(folder: Union[str, Path]) -> None:
     """Check that model.safetensors is exactly what config.json builds, as timm will build it when loading."""
     folder = Path(folder)
-    for name in (CONFIG, WEIGHTS):
-        if not (folder / name).is_file():
-            raise HubError(f'{folder} is not an exported model: {name} is missing')
+    config, weights = folder / RunFolder.CONFIG, folder / RunFolder.WEIGHTS
+    for path in (config, weights):
+        if not path.is_file():
+            raise HubError(f'{folder} is not an exported model: {path.name} is missing')
     try:
-        _, arch, model_args = load_model_config_from_path(folder)
-    except (ValueError, KeyError, TypeError) as e:
-        raise HubError(f'{folder / CONFIG} is not a timm model config: {type(e).__name__}: {e}') from None
-    if not timm.is_model(arch):
-        raise HubError(f'{folder / CONFIG} names architecture {arch!r}, which timm does not know')
+        model = timm.create_model(f'local-dir:{folder}')
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:  # unparsable, incomplete, unknown architecture
+        raise HubError(f'{config} does not build a timm model: {type(e).__name__}: {e}') from None
     try:
-        state_dict = load_file(str(folder / WEIGHTS))
+        state_dict = load_file(str(weights))
     except (SafetensorError, OSError) as e:
-        raise HubError(f'{folder / WEIGHTS} cannot be read (truncated or not safetensors): {e}') from None
+        raise HubError(f'{weights} cannot be read (truncated or not safetensors): {e}') from None
     try:
-        model = timm.create_model(arch, **model_args)
-    except (TypeError, ValueError) as e:
-        raise HubError(f'{folder / CONFIG}: model_args {model_args} do not build {arch}: {e}') from None
-    try:
-        load_state(model, state_dict, str(folder / WEIGHTS))
+        load_state(model, state_dict, str(weights))
     except RunError as e:
-        raise HubError(f'{WEIGHTS} does not match {CONFIG} (architecture {arch}, model_args {model_args}): '
-                       f'{e}') from None
+        raise HubError(f'{weights.name} does not match {config.name} (architecture '
+                       f'{model.pretrained_cfg["architecture"]}): {e}') from None
 
 
-def model_card(trained: TrainedRun, plots: List[str], repo_id: Optional[str]) -> str:
-    """The README.md of the Hub repo, filled from the run."""
+def model_card(trained: TrainedRun, plots: List[str], repo_id: Optional[str]) -> ModelCard:
+    """The README.md of the Hub repo: metadata through ModelCardData, the text filled from the run."""
     info = trained.info
-    entrypoint_doc = (timm.models.model_entrypoint(info.model).__doc__ or '').strip().splitlines()
-    return CARD_TEMPLATE.format(
-        license=LICENSE,
+    entrypoint_doc = (model_entrypoint(info.model).__doc__ or '').strip().splitlines()
+    card_data = ModelCardData(library_name='timm', license=LICENSE, pipeline_tag='image-classification', tags=TAGS)
+    return ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
         title=repo_id.split('/')[-1] if repo_id else info.model,
         architecture=info.model,
         summary=entrypoint_doc[0] if entrypoint_doc else info.model,
@@ -146,34 +115,27 @@ def model_card(trained: TrainedRun, plots: List[str], repo_id: Optional[str]) ->
         paper_authors=PAPER[1],
         training=training_section(trained),
         metrics=metrics_section(trained),
-        plots=''.join(f'\n![{PLOTS[name]}]({name})\n' for name in plots),
+        plots=''.join(f'\n![{PLOT_CAPTIONS[name]}]({name})\n' for name in plots),
         repo_id=repo_id or '<org>/<name>',
     )
 
 
 CARD_TEMPLATE = """---
-library_name: timm
-license: {license}
-pipeline_tag: image-classification
-tags:
-- image-classification
-- timm
-- timm-fct
-- fully-convolutional-transformer
+{{ card_data }}
 ---
-# {title}
+# {{ title }}
 
-`{architecture}`: {summary} Trained on {dataset} ({num_classes} classes) with
+`{{ architecture }}`: {{ summary }} Trained on {{ dataset }} ({{ num_classes }} classes) with
 timm-fct, the timm plugin for Fully Convolutional Transformer (FCT) heads on ResNets.
 
-The architecture is from *{paper_title}* ({paper_authors}): intermediate ResNet feature maps, each
+The architecture is from *{{ paper_title }}* ({{ paper_authors }}): intermediate ResNet feature maps, each
 added to the global image descriptor, go through FCT modules (convolutional multi-head self-attention
 and a focus layer), and the concatenation of their pooled outputs is classified.
 
 ## Training configuration
-{training}
+{{ training }}
 ## Metrics
-{metrics}{plots}
+{{ metrics }}{{ plots }}
 ## Usage
 
 Install timm and timm-fct; importing `timm_fct` registers the FCT models with timm.
@@ -184,8 +146,8 @@ import timm_fct  # noqa: F401  registers the FCT architectures
 import torch
 from PIL import Image
 
-model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
-config = timm.data.resolve_data_config({{}}, model=model)
+model = timm.create_model('hf-hub:{{ repo_id }}', pretrained=True).eval()
+config = timm.data.resolve_data_config({}, model=model)
 transform = timm.data.create_transform(**config)
 labels = model.pretrained_cfg['label_names']
 
@@ -199,36 +161,36 @@ A downloaded copy of this repository loads the same way with `timm.create_model(
 
 ## Citation
 
-{paper_authors}, *{paper_title}*.
+{{ paper_authors }}, *{{ paper_title }}*.
 
 ## License
 
-{license}
+{{ license }}
 """
 
 
 def training_section(trained: TrainedRun) -> str:
     """What the run was: data, preprocessing, model arguments, and the full args.yaml when present."""
     info = trained.info
-    cfg = info.pretrained_cfg
+    cfg = info.data_config
     rows = [
         ('Architecture', f'`{info.model}`'),
-        ('Model arguments', f'`{info.model_kwargs}`' if info.model_kwargs else 'defaults'),
+        ('Model arguments', f'`{info.model_args}`' if info.model_args else 'defaults'),
         ('Dataset', info.dataset or 'not recorded'),
         ('Classes', f'{info.num_classes}: ' + ', '.join(str(n) for n in info.label_names[:MAX_LABELS_SHOWN])
                     + (', ...' if len(info.label_names) > MAX_LABELS_SHOWN else '')),
-        ('Input size', ' x '.join(str(s) for s in cfg.get('input_size', ())) or 'not recorded'),
+        ('Input size', ' x '.join(str(s) for s in cfg.get('input_size') or ()) or 'not recorded'),
         ('Normalisation', f"mean {_floats(cfg.get('mean'))}, std {_floats(cfg.get('std'))}"),
         ('Crop / interpolation', f"crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')}"),
-        ('Epochs', str(len(read_summary(trained.run_dir)) or 'not recorded')),
+        ('Epochs', str(len(trained.folder.summary()) or 'not recorded')),
         ('Published weights', f"{'EMA' if trained.ema else 'raw'} weights of `{trained.checkpoint.name}`"
                               + (f' (epoch {trained.epoch})' if trained.epoch is not None else '')),
     ]
     text = '\n| Setting | Value |\n|---|---|\n' + ''.join(f'| {k} | {v} |\n' for k, v in rows)
-    args_file = trained.run_dir / ARGS
-    if args_file.is_file():
-        text += (f'\n<details><summary>All training arguments ({ARGS})</summary>\n\n```yaml\n'
-                 f'{args_file.read_text().rstrip()}\n```\n</details>\n')
+    args = trained.folder.args_text().rstrip()
+    if args:
+        text += (f'\n<details><summary>All training arguments ({RunFolder.ARGS})</summary>\n\n```yaml\n'
+                 f'{args}\n```\n</details>\n')
     return text
 
 
@@ -237,20 +199,18 @@ def _floats(values: Optional[Any]) -> str:
 
 
 def metrics_section(trained: TrainedRun) -> str:
-    """Best and last top-1/top-5 of the raw and (when trained) EMA weights, from summary.csv."""
-    rows = read_summary(trained.run_dir)
-    if not rows:
-        return '\nThe run has no summary.csv, so no evaluation metrics were recorded.\n'
-    best, last = best_metrics(trained.run_dir), rows[-1]
+    """Best and last top-1/top-5 of the raw and (when trained) EMA weights, from the run's summary."""
+    epochs = len(trained.folder.summary())
+    if not epochs:
+        return '\nThe run has no summary, so no evaluation metrics were recorded.\n'
     lines = ['', '| Weights | Best top-1 | Best top-5 | Last top-1 | Last top-5 |', '|---|---|---|---|---|']
-    for label, prefix, is_ema in (('raw', 'eval_', False), ('EMA', 'eval_ema_', True)):
-        if f'{prefix}top1' not in best:
-            continue
-        name = f'{label} (published)' if is_ema == trained.ema else label
-        values = [source.get(f'{prefix}{k}') for source in (best, last) for k in ('top1', 'top5')]
-        lines.append(f'| {name} | ' + ' | '.join('-' if v is None else f'{v:.2f}' for v in values) + ' |')
-    lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split; {len(rows)} epoch(s) recorded, '
-                 f'the last is epoch {int(last.get("epoch", len(rows) - 1))} (counted from 0).\n')
+    for label, is_ema in (('raw', False), ('EMA', True)):
+        accuracy = trained.folder.accuracy(ema=is_ema)
+        if accuracy:
+            name = f'{label} (published)' if is_ema == trained.ema else label
+            cells = ['-' if v is None else f'{v:.2f}' for v in accuracy.values()]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split, over the {epochs} epoch(s) recorded.\n')
     return '\n'.join(lines)
 
 
@@ -279,8 +239,7 @@ def upload_plan(folder: Union[str, Path]) -> List[Tuple[str, int]]:
 
 
 def commit_message_for(folder: Union[str, Path]) -> str:
-    _, arch, _ = load_model_config_from_path(folder)
-    return f'Add {arch} weights trained with timm-fct {__version__}'
+    return f'Add {RunFolder(folder).info().model} weights trained with timm-fct {__version__}'
 
 
 @contextmanager
@@ -308,41 +267,38 @@ def push(
     check_repo_id(repo_id)
     validate_export(folder)
     api = HfApi(token=require_token(), library_name='timm_fct', library_version=__version__)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
-                  for name, _ in upload_plan(folder)]
     with _hub_call(repo_id):
         has_card = api.file_exists(repo_id, CARD)
     if has_card and not overwrite_card:
         raise HubError(f'{repo_id} already has a model card ({CARD}); pass --overwrite-card to replace it')
     with _hub_call(repo_id):
         api.create_repo(repo_id, exist_ok=True, private=private)
-        return api.create_commit(
-            repo_id, operations, commit_message=commit_message or commit_message_for(folder))
+        return api.upload_folder(repo_id=repo_id, folder_path=folder,
+                                 commit_message=commit_message or commit_message_for(folder))
 
 
 def register_pretrained_tag(model_name: str, tag: str, hf_hub_id: str, **cfg: Any) -> str:
     """Make `model_name.tag` load the weights published at `hf_hub_id`, as a default_cfgs entry would.
 
-    For repos not (yet) listed in timm_fct/fct.py's generate_default_cfgs. The new cfg starts from the
+    For repos not (yet) listed in the model module's generate_default_cfgs. The new cfg starts from the
     model's default one; `cfg` overrides its fields (num_classes, mean, std, input_size, label_names...).
-    Returns the tagged name, e.g. 'resnet18_fct_bn_cifar.digits'.
+    The tag is added to the module's default_cfgs and the model registered again with timm's register_model,
+    the public call that reads them. Returns the tagged name, e.g. 'resnet18_fct_bn_cifar.digits'.
     """
     if not timm.is_model(model_name):
         raise HubError(f'unknown model {model_name!r}: import timm_fct first, or check the name')
     check_repo_id(hf_hub_id)
     name = f'{model_name}.{tag}'
-    if name in _registry._model_pretrained_cfgs:
+    if name in get_arch_pretrained_cfgs(model_name):
         raise HubError(f'{name} is already registered')
-    # timm has no public call to add a tag to a registered model: fill the entries register_model fills
-    # for each tag of a module's default_cfgs
-    pretrained_cfg = replace(
-        timm.get_pretrained_cfg(model_name), hf_hub_id=hf_hub_id, hf_hub_filename=None, url=None, file=None,
-        source=None, architecture=model_name, tag=tag, **cfg)
-    _registry._model_pretrained_cfgs[name] = pretrained_cfg
-    _registry._model_has_pretrained.add(name)
-    _registry._model_with_tags[model_name].append(name)
-    default_cfg = _registry._model_default_cfgs[model_name]
-    default_cfg.cfgs[tag] = pretrained_cfg
+    entrypoint = model_entrypoint(model_name)
+    default_cfg = getattr(sys.modules[entrypoint.__module__], 'default_cfgs', {}).get(model_name)
+    if default_cfg is None:
+        raise HubError(f'{model_name} has no default_cfgs entry in {entrypoint.__module__} to add a tag to')
+    default_cfg.cfgs[tag] = replace(timm.get_pretrained_cfg(model_name), hf_hub_id=hf_hub_id, hf_hub_filename=None,
+                                    url=None, file=None, source=None, **cfg)
     default_cfg.tags.append(tag)
-    default_cfg.is_pretrained = True
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # register_model warns that it replaces the existing registration
+        register_model(entrypoint)
     return name

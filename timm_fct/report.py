@@ -15,17 +15,15 @@ import argparse
 import html
 import json
 import math
-import os
 import re
-import shutil
 import sys
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,12 +37,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data import DIGITS, DatasetError, build_dataset, class_names, default_workers, eval_transform
+from .cli import CliError, run_cli
 from .fct import FctNet
-from .runs import HUB_PREFIXES, RunError, RunInfo, load_run, load_trained_model
+from .runs import RunFolder, RunInfo, load_run, replace_when_done
 
 METRICS_JSON = 'metrics.json'
 METRICS_MD = 'metrics.md'
-CONFUSION_PNG = 'confusion_matrix.png'
+CONFUSION_PNG = RunFolder.CONFUSION_PLOT  # the model card of a Hub export shows it
 GRADCAM_PNG = 'gradcam.png'
 ATTENTION_PNG = 'attention.png'
 COMPARISON_MD = 'comparison.md'
@@ -57,9 +56,10 @@ GRID_COLUMNS = 4
 
 Table = Tuple[List[str], List[List[str]]]  # headers, rows of already formatted cells
 WEIGHT_FLAGS = {None: 'auto', True: 'ema', False: 'raw'}  # --ema / --no-ema / neither, as runs.load_run takes it
+HUB_PREFIXES = ('hf-hub:', 'local-dir:')  # models timm loads itself, with their published weights
 
 
-class ReportError(ValueError):
+class ReportError(CliError):
     """A report that cannot be made from what the user gave; the message says why."""
 
 
@@ -111,7 +111,8 @@ def load_model(spec: str, use_ema: Optional[bool], device: torch.device) -> Load
     """A Hub model, or a run's EMA or raw weights (recorded, so its metrics can be checked against the run's)."""
     try:
         if spec.startswith(HUB_PREFIXES):
-            model, info = load_trained_model(spec)
+            model = timm.create_model(spec, pretrained=True).eval()
+            info = RunInfo.from_cfg(spec, model.pretrained_cfg, {'num_classes': model.num_classes})
             return LoadedModel(spec=spec, name=display_name(spec), model=model.to(device), info=info)
         trained = load_run(spec, WEIGHT_FLAGS[use_ema])
     except OSError as e:  # huggingface_hub and file-system errors: offline, missing repo, unreadable file
@@ -164,7 +165,7 @@ def dataset_labels(dataset: Dataset, loaded: Sequence[LoadedModel]) -> List[str]
 
 
 def model_transform(info: RunInfo) -> Callable:
-    cfg = info.pretrained_cfg
+    cfg = info.data_config
     return eval_transform(tuple(cfg['input_size']), cfg['mean'], cfg['std'], cfg['crop_pct'],
                           cfg.get('interpolation') or 'bilinear')
 
@@ -473,7 +474,7 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
     picks, images = grid_images(dataset, args.num_images)
     images = images.to(device)
     preds = ev.topk[picks, 0]
-    display = to_display(images, lm.info.pretrained_cfg['mean'], lm.info.pretrained_cfg['std'])
+    display = to_display(images, lm.info.data_config['mean'], lm.info.data_config['std'])
     cams = np.concatenate([gradcam_maps(lm.model, images[s:s + args.batch_size], preds[s:s + args.batch_size])
                            for s in range(0, len(picks), args.batch_size)])
     captions = [(f'{names[p]} {ev.confidence[i]:.0%}\ntrue: {names[ev.targets[i]]}', p == ev.targets[i])
@@ -600,16 +601,9 @@ def build_report(args: argparse.Namespace) -> Path:
     if out.exists() and not args.overwrite:
         raise ReportError(f'{out} already exists; choose another --out or add --overwrite')
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f'.{out.name}.{uuid.uuid4().hex[:12]}.tmp'
-    tmp.mkdir()  # not mkdtemp: the report gets the user's usual permissions, not 0700
-    try:
+    with replace_when_done(out) as tmp:
+        tmp.mkdir()
         write_report(args, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -649,12 +643,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        out = build_report(args)
-    except (ReportError, RunError, DatasetError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    """Mistakes end with one `error:` line and exit code 2, as in train.py and hub/publish.py."""
+    return run_cli(make_report, argv)
+
+
+def make_report(argv: Optional[Sequence[str]] = None) -> int:
+    out = build_report(parse_args(argv))
     print(f'report written to {out / INDEX_HTML}')
     return 0
 

@@ -1,0 +1,71 @@
+"""train.py's input pipelines: the data on the device (`--pipeline memory`) or a DataLoader over PIL images.
+
+Training batches are shuffled per epoch from (seed, epoch, rank), so a resumed run sees the same order as
+one never interrupted; evaluation is sharded exactly across processes (every image once).
+"""
+import argparse
+from typing import Tuple, Union
+
+import timm
+import torch
+from timm.utils import random_seed
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+
+from .data import eval_geometry, eval_transform, pad_crop_flip_transform, train_geometry
+from .tensor_loader import TensorLoader, preload
+
+Loader = Union[DataLoader, TensorLoader]
+
+
+def build_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[Loader, Loader]:
+    if args.pipeline == 'memory':
+        return build_memory_loaders(args, train_ds, eval_ds)
+    return build_pil_loaders(args, train_ds, eval_ds)
+
+
+def build_memory_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[TensorLoader, ...]:
+    common = dict(batch_size=args.batch_size, mean=args.mean, std=args.std, device=args.device, rank=args.rank,
+                  world_size=args.world_size)
+    train_images, train_targets = preload(train_ds, train_geometry(args.img_size), 'preloading train')
+    eval_images, eval_targets = preload(
+        eval_ds, eval_geometry(args.img_size, args.crop_pct, args.interpolation), 'preloading eval')
+    train_loader = TensorLoader(train_images, train_targets, train=True, padding=args.pad_crop, hflip=args.hflip,
+                                vflip=args.vflip, **common)
+    return train_loader, TensorLoader(eval_images, eval_targets, **common)
+
+
+def build_pil_loaders(args: argparse.Namespace, train_ds: Dataset,
+                      eval_ds: Dataset) -> Tuple[DataLoader, DataLoader]:
+    if args.pad_crop > 0:
+        train_ds.transform = pad_crop_flip_transform(
+            args.img_size, args.mean, args.std, padding=args.pad_crop, hflip=args.hflip, vflip=args.vflip)
+    else:
+        train_ds.transform = timm.data.create_transform(
+            args.img_size, is_training=True, hflip=args.hflip, vflip=args.vflip, mean=args.mean, std=args.std,
+            interpolation=args.interpolation, no_aug=False)
+    eval_ds.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct, args.interpolation)
+    if args.distributed:
+        train_sampler = DistributedSampler(train_ds, shuffle=True, seed=args.seed, drop_last=True)
+        eval_ds = Subset(eval_ds, range(args.rank, len(eval_ds), args.world_size))
+    else:
+        train_sampler = RandomSampler(train_ds, generator=torch.Generator())
+    # workers restart each epoch and take their seeds from the per-epoch seed, so a resume replays exactly
+    common = dict(num_workers=args.workers, pin_memory=args.pin_mem)
+    train_loader = DataLoader(
+        train_ds, batch_size=args.batch_size, sampler=train_sampler, drop_last=len(train_ds) > args.batch_size,
+        **common)
+    eval_loader = DataLoader(eval_ds, batch_size=args.batch_size, shuffle=False, **common)
+    return train_loader, eval_loader
+
+
+def set_epoch_seed(args: argparse.Namespace, loader: Loader, epoch: int) -> None:
+    """Seed everything from (seed, epoch, rank): an epoch replays identically whether or not the run resumed."""
+    random_seed(args.seed + 1000 * epoch, args.rank)
+    if isinstance(loader, TensorLoader):
+        loader.set_epoch(args.seed, epoch)
+        return
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    else:
+        sampler.generator.manual_seed(args.seed + epoch)
