@@ -8,6 +8,9 @@ from timm.models import build_model_with_cfg, register_model
 from timm.optim import param_groups_layer_decay
 from torch.utils.flop_counter import FlopCounterMode
 
+from timm_fct.fct import data_cfg_for
+from timm_fct.runs import RunFolder
+
 # a representative set: ConvNeXt (flattened stem/stages), EfficientNet and MobileNetV3 (their own feature
 # classes), RegNet, DenseNet and VGG (no drop_path_rate; VGG has 6 levels), MambaOut (NHWC maps)
 BACKBONES = ['convnext_atto', 'efficientnet_b0', 'mobilenetv3_small_050', 'regnetx_002', 'densenet121',
@@ -152,3 +155,26 @@ def test_the_global_descriptor_comes_from_the_backbones_last_level():
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, 64, 64))
     assert len(seen) == 1 and g == [(1, seen[0][-1])]  # NHWC: channels last
+
+
+def test_a_generic_models_run_folder_loads_through_local_dir_with_its_backbone(tmp_path):
+    """config.json carries backbone= in model_args; timm rebuilds the model from it and loads the weights."""
+    model = timm.create_model('fct_ln', backbone='convnext_atto', embed_dim=32, num_classes=3).eval()
+    folder = RunFolder(tmp_path)
+    folder.write_config(model, ['a', 'b', 'c'], dict(input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.25,) * 3,
+                                                     crop_pct=1.0, interpolation='bilinear'))
+    folder.write_weights(model.state_dict())
+    loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert (loaded.backbone_name, tuple(loaded.pretrained_cfg['mean'])) == ('convnext_atto', (0.5,) * 3)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_generic_models_data_config_is_its_backbones():
+    """train.py's defaults come from data_cfg_for: a generic model's backbone's, not the registry's."""
+    cfg = timm.models.get_pretrained_cfg('convnext_atto.d2_in1k')
+    ours = data_cfg_for('fct_bn', {'backbone': 'convnext_atto.d2_in1k'})
+    assert (ours['crop_pct'], ours['interpolation'], ours['mean']) == (cfg.crop_pct, cfg.interpolation, cfg.mean)
+    assert ours['crop_pct'] != timm.models.get_pretrained_cfg('fct_bn').crop_pct
+    assert data_cfg_for('resnet50_fct_bn', {})['crop_pct'] == timm.models.get_pretrained_cfg('resnet50_fct_bn').crop_pct

@@ -409,6 +409,9 @@ class FctNet(nn.Module):
         self.taps = check_taps(backbone, levels, default_taps(len(levels)) if taps is None else taps)
         self.backbone_indices = [*self.taps, len(levels) - 1]  # the last level gives the global descriptor g
         self.backbone_name = backbone
+        first_conv = self.backbone.pretrained_cfg.get('first_conv')
+        if isinstance(first_conv, str):  # declared for timm (in_chans adaptation, config.json), by our key names
+            self._traits = {'first_conv': f'backbone.{features_key(first_conv, dict(self.backbone.named_modules()))}'}
         self.backbone_nhwc = getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC'
         self.level_chs = [levels[i]['num_chs'] for i in self.backbone_indices]
         tap_reductions = [levels[i]['reduction'] for i in self.taps]
@@ -605,6 +608,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> 
 
 
 GENERIC_MODELS = ('fct_bn', 'fct_ln')
+DEFAULT_BACKBONE = 'resnet50'  # the paper's
 BACKBONE_DATA_KEYS = ('input_size', 'test_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
                       'test_crop_pct', 'crop_mode', 'mean', 'std')  # preprocessing the backbone was trained with
 
@@ -618,6 +622,15 @@ def backbone_pretrained_cfg(backbone: str) -> Dict[str, Any]:
     if cfg.first_conv:
         out['first_conv'] = f'backbone.{cfg.first_conv}'
     return out
+
+
+def data_cfg_for(model_name: str, model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The preprocessing `timm.create_model(model_name, **model_kwargs)` will carry, before building it:
+    a generic model's is its backbone's."""
+    cfg = get_pretrained_cfg(model_name, allow_unregistered=False).to_dict()
+    if model_name.split('.')[0] in GENERIC_MODELS:
+        cfg.update(backbone_pretrained_cfg(model_kwargs.get('backbone', DEFAULT_BACKBONE)))
+    return {k: cfg.get(k) for k in BACKBONE_DATA_KEYS}
 
 
 def _names_weights(cfg: Dict[str, Any]) -> bool:
@@ -636,7 +649,7 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
         if not _names_weights(cfg.to_dict()):
             kwargs['pretrained_backbone'] = pretrained
             kwargs['pretrained_cfg_overlay'] = {
-                **backbone_pretrained_cfg(kwargs.setdefault('backbone', 'resnet50')),
+                **backbone_pretrained_cfg(kwargs.setdefault('backbone', DEFAULT_BACKBONE)),
                 **(kwargs.get('pretrained_cfg_overlay') or {}),
             }
             pretrained = False
@@ -656,8 +669,7 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
 def fit_cfg_to_backbone(cfg: Dict[str, Any], model: FctNet) -> None:
     """What a pretrained_cfg cannot know before the backbone is built: its first convolution's name under
     features_only naming (stem.0 -> stem_0), the minimum input (the backbone's total stride) and the pool size."""
-    first_conv = cfg['first_conv'].removeprefix('backbone.')
-    cfg['first_conv'] = f'backbone.{features_key(first_conv, dict(model.backbone.named_modules()))}'
+    cfg['first_conv'] = getattr(model, '_traits', {}).get('first_conv', cfg['first_conv'])
     cfg['min_input_size'] = (cfg['input_size'][0], model.min_input_size, model.min_input_size)
     cfg['pool_size'] = tuple(s // model.feature_info[-1]['reduction'] for s in cfg['input_size'][1:])
 

@@ -15,6 +15,7 @@ from timm.utils import ParseKwargs
 
 from .cli import CliError
 from .data import DIGITS, DIGITS_MEAN, DIGITS_STD, IN_MEMORY_DATASETS, default_workers
+from .fct import data_cfg_for
 
 DEFAULT_MODEL = 'resnet18_fct_bn_cifar'
 PAPER_DEFAULTS = dict(batch_size=128, epochs=200, pad_crop=4)
@@ -180,16 +181,16 @@ def resolve_args(args: argparse.Namespace) -> None:
     if not timm.is_model(args.model):
         raise ConfigError(f'unknown model {args.model!r}; see timm.list_models() (FCT models: '
                           f'{", ".join(timm.list_models("*fct*"))})')
-    cfg = timm.get_pretrained_cfg(args.model)
+    cfg = data_cfg_for(args.model, args.model_kwargs)
     is_digits = args.dataset == DIGITS
     for key, value in (DIGITS_DEFAULTS if is_digits else PAPER_DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.img_size = args.img_size or cfg.input_size[-1]
-    args.mean = args.mean or list(DIGITS_MEAN if is_digits else cfg.mean)
-    args.std = args.std or list(DIGITS_STD if is_digits else cfg.std)
-    args.crop_pct = args.crop_pct or (1.0 if is_digits else cfg.crop_pct)
-    args.interpolation = args.interpolation or cfg.interpolation or 'bilinear'
+    args.img_size = args.img_size or cfg['input_size'][-1]
+    args.mean = args.mean or list(DIGITS_MEAN if is_digits else cfg['mean'])
+    args.std = args.std or list(DIGITS_STD if is_digits else cfg['std'])
+    args.crop_pct = args.crop_pct or (1.0 if is_digits else cfg['crop_pct'])
+    args.interpolation = args.interpolation or cfg['interpolation'] or 'bilinear'
     if args.hflip is None:
         args.hflip = 0.0 if is_digits else 0.5
     if args.lr is None:
