@@ -1,8 +1,9 @@
-"""ResNet with Fully Convolutional Transformer heads ("Learning to Pay Multiple Attention with FCTs").
+"""CNNs with Fully Convolutional Transformer heads ("Learning to Pay Multiple Attention with FCTs").
 
 Mensah, Bah and Brink feed intermediate ResNet-50 feature maps, each added to the global image
 descriptor g, through Fully Convolutional Transformer (FCT) modules, and classify the concatenation of
-their pooled outputs. Where each equation of the paper lives:
+their pooled outputs. The backbone here is any timm model with feature maps (backbones.py), ResNet-50
+the paper's. Where each equation of the paper lives:
 
 * x_l = z_l + P_l(g) (Sec. 3.2, 'Learn to Pay Attention' dimension matching) ... `FctBlock.global_proj`
 * eq. 7, PATCHEMBED(z_l + g) ...................................................... `FctBlock.patch_embed`
@@ -22,12 +23,15 @@ from timm.layers import (
     ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, use_fused_attn,
 )
 from timm.models import (
-    build_model_with_cfg, checkpoint, create_model, generate_default_cfgs, get_pretrained_cfg, group_parameters,
-    register_model, resolve_pretrained_cfg,
+    build_model_with_cfg, checkpoint, generate_default_cfgs, get_pretrained_cfg, register_model, resolve_pretrained_cfg,
 )
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._features import feature_take_indices
 
+from .backbones import (
+    BACKBONE_DATA_KEYS, backbone_group_matcher, backbone_pretrained_cfg, check_feature_maps, check_taps,
+    create_backbone, default_taps, features_key,
+)
 from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['FctNet', 'FctBlock', 'ConvAttention', 'FocusLayer']
@@ -238,98 +242,6 @@ class FctBlock(nn.Module):
         z = z + self.drop_path(self.attn(z))  # eq. 8
         z = z + self.drop_path(self.focus(self.norm(z)))  # eq. 9
         return z
-
-
-def default_taps(num_levels: int) -> Tuple[int, ...]:
-    """The last three feature levels before the last (ResNet: stages 1-3, the paper's taps); fewer if absent."""
-    return tuple(range(max(0, num_levels - 4), num_levels - 1))
-
-
-def check_taps(backbone: str, levels: Sequence[Dict[str, Any]], taps: Sequence[int]) -> Tuple[int, ...]:
-    """Taps must be increasing levels before the last one, which supplies the global descriptor."""
-    taps = tuple(taps)
-    if len(levels) < 2:
-        raise ValueError(f'{backbone} has {len(levels)} feature level; FCT heads need at least two, '
-                         f'one to tap and the last for the global descriptor')
-    if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0 or taps[-1] >= len(levels) - 1:
-        raise ValueError(
-            f'taps must be increasing feature levels of {backbone} before its last, in 0..{len(levels) - 2} '
-            f'({len(levels)} levels, the last gives the global descriptor), got {taps}')
-    return taps
-
-
-def create_backbone(name: str, pretrained: bool, drop_path_rate: float, **kwargs: Any) -> nn.Module:
-    """timm's features_only model of `name`: the levels timm returns by default, and always the last one.
-
-    drop_path_rate goes only to backbones that take it (DenseNet and VGG do not). A backbone whose default
-    leaves out its last level (Sequencer returns stages 0-2 of 4) is rebuilt with it: g comes from there.
-    """
-    kwargs.update(features_only=True, pretrained=pretrained)
-    if drop_path_rate:
-        kwargs['drop_path_rate'] = drop_path_rate
-    try:
-        model = _create_features(name, kwargs)
-    except TypeError as e:
-        if 'drop_path_rate' not in str(e):
-            raise
-        warnings.warn(f'{name} takes no drop_path_rate; stochastic depth applies to the FCT modules only')
-        del kwargs['drop_path_rate']
-        model = _create_features(name, kwargs)
-    info = model.feature_info
-    if info.out_indices[-1] != len(info.info) - 1:
-        model = _create_features(name, dict(kwargs, out_indices=(*info.out_indices, len(info.info) - 1)))
-    fmt = getattr(model, 'output_fmt', 'NCHW')  # timm's Format is a str enum
-    if fmt not in ('NCHW', 'NHWC'):
-        raise ValueError(f'{name} returns {fmt} features; FCT heads take NCHW or NHWC maps')
-    return model
-
-
-def _create_features(name: str, kwargs: Dict[str, Any]) -> nn.Module:
-    try:
-        return create_model(name, **kwargs)
-    except (AttributeError, AssertionError) as e:
-        if 'feature_info' not in str(e):
-            raise
-        raise ValueError(f'{name} has no feature_info, so timm cannot build it with features_only; FCT heads '
-                         f'need a backbone that returns its feature maps') from e
-
-
-def backbone_group_matcher(backbone: str, own_keys: Sequence[str], coarse: bool) -> Callable[[str], Tuple]:
-    """Layer-decay groups: the plain backbone's own group_matcher, then the FCT modules and head on top.
-
-    timm's features_only wrappers have no group_matcher and rename flattened modules (stem.0 -> stem_0),
-    so the plain model is built once here and each backbone parameter is matched by its plain name.
-    """
-    plain = create_model(backbone)
-    groups = group_parameters(plain, plain.group_matcher(coarse=coarse))
-    layer_of = {n: layer for layer, names in groups.items() for n in names}
-    own_layer = {k: layer_of[plain_key(k, layer_of)] for k in own_keys if plain_key(k, layer_of) in layer_of}
-
-    def match(name: str) -> Tuple[float, ...]:
-        if name.startswith('backbone.'):
-            return (float(own_layer.get(name[len('backbone.'):], max(groups))),)
-        return (float('inf'),)  # FCT modules and classifier: new, at the full learning rate
-    return match
-
-
-def plain_key(name: str, plain_names: Any) -> str:
-    """A features_only name in the plain model: as is, or its first '_' back to '.' (stem_0 -> stem.0)."""
-    return name if name in plain_names else name.replace('_', '.', 1)
-
-
-def features_key(name: str, own_names: Any) -> str:
-    """A plain model's parameter or module name under timm's features_only naming: as is, or flattened
-    (stem.0 -> stem_0) where it is not among `own_names`, the names of the features_only model."""
-    return name if name in own_names else name.replace('.', '_', 1)
-
-
-@register_notrace_function
-def check_feature_maps(feats: List[torch.Tensor], channels: List[int], backbone: str) -> None:
-    """Feature maps must be NCHW (NHWC ones are permuted before); anything else fails clearly here."""
-    for f, c in zip(feats, channels):
-        if f.dim() != 4 or f.shape[1] != c:
-            raise ValueError(f'{backbone} returned a feature map of shape {list(f.shape)}; expected NCHW with '
-                             f'{c} channels (N, {c}, H, W)')
 
 
 class FctNet(nn.Module):
@@ -609,21 +521,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> 
 
 GENERIC_MODELS = ('fct_bn', 'fct_ln')
 DEFAULT_BACKBONE = 'resnet50'  # the paper's
-BACKBONE_DATA_KEYS = ('input_size', 'test_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
-                      'test_crop_pct', 'crop_mode', 'mean', 'std')  # preprocessing the backbone was trained with
-
-
-def backbone_pretrained_cfg(backbone: str) -> Dict[str, Any]:
-    """The preprocessing and first layer of a backbone (name and optional tag) from timm's registry."""
-    cfg = get_pretrained_cfg(backbone)
-    if cfg is None:
-        return {}
-    out = {k: getattr(cfg, k) for k in BACKBONE_DATA_KEYS if getattr(cfg, k, None) is not None}
-    if cfg.first_conv:
-        out['first_conv'] = f'backbone.{cfg.first_conv}'
-    return out
-
-
 def data_cfg_for(model_name: str, model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """The preprocessing `timm.create_model(model_name, **model_kwargs)` will carry, before building it:
     a generic model's is its backbone's."""
