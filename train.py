@@ -31,18 +31,15 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import timm_fct  # noqa: F401  registers the FCT models
-from timm_fct.cli import CliError, run_cli
-from timm_fct.data import DatasetError, build_dataset, class_names
-from timm_fct.loaders import Loader, build_loaders, set_epoch_seed
-from timm_fct.onecycle import OneCycleScheduler
-from timm_fct.resume import check_resume, restore_saver, restore_training
-from timm_fct.runs import RunFolder, read_checkpoint
-from timm_fct.train_args import ConfigError, parse_args, resolve_args
-
-
-class DivergedError(CliError):
-    """The loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
-    exit_code = 3
+from timm_fct.cli import run_cli
+from timm_fct.data.datasets import build_dataset, class_names
+from timm_fct.data.loaders import Loader, build_loaders, set_epoch_seed
+from timm_fct.errors import DivergedError, FctError
+from timm_fct.runs.folder import RunFolder, read_checkpoint
+from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+from timm_fct.train.onecycle import OneCycleScheduler
+from timm_fct.train.record import RunRecord
+from timm_fct.train.resume import check_resume, restore_saver, restore_training
 
 
 def build_datasets(args: argparse.Namespace) -> Tuple[Dataset, Dataset, List[str]]:
@@ -50,14 +47,14 @@ def build_datasets(args: argparse.Namespace) -> Tuple[Dataset, Dataset, List[str
     eval_ds = build_dataset(args.dataset, args.data_dir, args.val_split, args.dataset_download)
     names = class_names(train_ds)
     if len(train_ds) == 0 or len(eval_ds) == 0:
-        raise DatasetError(f'empty dataset: {len(train_ds)} training and {len(eval_ds)} evaluation images')
+        raise FctError(f'empty dataset: {len(train_ds)} training and {len(eval_ds)} evaluation images')
     args.num_classes = args.num_classes or len(names)
     if args.num_classes != len(names):
-        raise ConfigError(f'--num-classes {args.num_classes} but the dataset has {len(names)} classes')
+        raise FctError(f'--num-classes {args.num_classes} but the dataset has {len(names)} classes')
     return train_ds, eval_ds, names
 
 
-def create_model(args: argparse.Namespace) -> torch.nn.Module:
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """The timm model; arguments it rejects are a user mistake, not a traceback."""
     model_kwargs = dict(args.model_kwargs)
     if args.drop_path is not None:
@@ -66,7 +63,7 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
         return timm.create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
                                  drop_rate=args.drop, **model_kwargs)
     except (TypeError, ValueError, AssertionError) as e:  # timm's models assert on arguments as often as they raise
-        raise ConfigError(f'--model-kwargs not accepted by {args.model}: {e}') from None
+        raise FctError(f'--model-kwargs not accepted by {args.model}: {e}') from None
 
 
 def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -210,27 +207,26 @@ def check_replicas_in_sync(args: argparse.Namespace, model: torch.nn.Module) -> 
         raise RuntimeError(f'replicas diverged: parameter checksums {[g.item() for g in gathered]}')
 
 
-def start_run(args: argparse.Namespace, model: torch.nn.Module, labels: List[str], training: Training,
-              resume: Optional[Dict[str, Any]], start_epoch: int) -> Tuple[RunFolder, CheckpointSaver]:
-    """The run folder (args.yaml and config.json written when it starts) and timm's checkpoint saver for it."""
+def start_run(args: argparse.Namespace, model: torch.nn.Module, labels: List[str], data_config: Dict[str, Any],
+              training: Training, resume: Optional[Dict[str, Any]],
+              start_epoch: int) -> Tuple[RunRecord, CheckpointSaver]:
+    """The run's record (args.yaml and config.json written when it starts) and timm's checkpoint saver for it."""
     name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model, str(args.img_size)])
     in_place = args.resume and not args.experiment  # a resume continues in the checkpoint's run folder
-    run = RunFolder(Path(args.resume).resolve().parent if in_place else Path(args.output) / name)
+    run = RunRecord(RunFolder(Path(args.resume).resolve().parent if in_place else Path(args.output) / name),
+                    model, labels, data_config)
     resolved = {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()}
-    data_config = dict(input_size=[3, args.img_size, args.img_size], mean=list(args.mean), std=list(args.std),
-                       crop_pct=args.crop_pct, interpolation=args.interpolation)
-    run.start(resolved, model, labels, data_config)
+    run.start(resolved, resume_epoch=start_epoch if resume else None)
     saver = CheckpointSaver(model, training.optimizer, args=args, amp_scaler=training.loss_scaler,
                             checkpoint_dir=str(run.path), recovery_dir=str(run.path),
                             max_history=args.checkpoint_hist, task=training.task)
     if resume:
         restore_saver(resume, saver)
-        run.resume_at(start_epoch)
     return run, saver
 
 
 def train(args: argparse.Namespace, model: torch.nn.Module, training: Training, start_epoch: int,
-          run: Optional[RunFolder], saver: Optional[CheckpointSaver]) -> Optional[Tuple[float, int]]:
+          run: Optional[RunRecord], saver: Optional[CheckpointSaver]) -> Optional[Tuple[float, int]]:
     """The epochs from start_epoch; the primary process records each and keeps the best weights."""
     progress = run is not None and not args.no_progress
     num_updates = start_epoch * len(training.train_loader)
@@ -255,14 +251,15 @@ def train(args: argparse.Namespace, model: torch.nn.Module, training: Training, 
     return best
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def train_command(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     args = parse_args(argv, description=__doc__)
     init_distributed_device(args)
     resolve_args(args)
     random_seed(args.seed, args.rank)
     train_ds, eval_ds, labels = build_datasets(args)
-    model = create_model(args)
+    model = build_model(args)
+    data_config = resolve_preprocessing(args, model)
     resume = read_checkpoint(args.resume) if args.resume else None
     if resume:
         check_resume(resume, args, model)
@@ -274,24 +271,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     training, start_epoch = build_training(args, model, build_loaders(args, train_ds, eval_ds), resume)
     run = saver = None
     if args.rank == 0:
-        run, saver = start_run(args, model, labels, training, resume, start_epoch)
+        run, saver = start_run(args, model, labels, data_config, training, resume, start_epoch)
         print(f'training {args.model} on {args.dataset or args.data_dir} ({len(train_ds)} train / '
               f'{len(eval_ds)} eval images, {args.num_classes} classes) at {args.img_size}px for {args.epochs} '
               f'epochs on {args.world_size} x {args.device.type}; run folder {run.path}', flush=True)
     best = train(args, model, training, start_epoch, run, saver)
     if best is not None:
-        print(f'best top-1 {best[0]:.2f} at epoch {best[1] + 1}; checkpoints {run.path / run.BEST}, '
-              f'{run.path / run.LAST}, weights {run.path / run.WEIGHTS}')
+        print(f'best top-1 {best[0]:.2f} at epoch {best[1] + 1}; checkpoints {run.path / RunFolder.BEST}, '
+              f'{run.path / RunFolder.LAST}, weights {run.path / RunFolder.WEIGHTS}')
     if args.distributed:
         print(f'rank {args.rank}: replicas in sync across {args.world_size} processes', flush=True)
         dist.destroy_process_group()
     return 0
 
 
-def cli(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """User mistakes end with one `error:` line and exit code 2, a diverged run with exit code 3."""
-    return run_cli(main, argv)
+    return run_cli(train_command, argv)
 
 
 if __name__ == '__main__':
-    sys.exit(cli())
+    sys.exit(main())

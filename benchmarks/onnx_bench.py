@@ -1,6 +1,6 @@
 """ONNX file size and onnxruntime CPU latency of the FCT models, beside PyTorch eager, in one run.
 
-Each model is exported with both of PyTorch's exporters (timm_fct.onnx.export_onnx, at the model's
+Each model is exported with both of PyTorch's exporters (timm_fct.export.onnx.export_onnx, at the model's
 default input size); each file runs in onnxruntime on the CPU with as many threads as torch uses.
 Eager and the two sessions alternate round by round and each keeps its best round, so drift hits all
 three. Prints a Markdown table.
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import timm_fct  # noqa: F401  registers the models
-from timm_fct.onnx import INPUT_NAME, export_onnx
+from timm_fct.export.onnx import INPUT_NAME, export_onnx
 
 EXPORTERS = {'torch.export': True, 'TorchScript': False}  # name -> export_onnx's dynamo argument
 

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from timm_fct.data import DIGITS_MEAN, DIGITS_STD, DigitsDataset, pad_crop_flip_transform, train_geometry
-from timm_fct.tensor_loader import TensorLoader, preload
+from timm_fct.data.datasets import DIGITS_MEAN, DIGITS_STD, DigitsDataset
+from timm_fct.data.tensor_loader import TensorLoader, preload
+from timm_fct.data.transforms import pad_crop_flip_transform, train_geometry
 
 
 class RandomImages(Dataset):

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from timm_fct.cli import run_cli
-from timm_fct.hub import check_repo_id, commit_message_for, export, push, require_token, upload_plan
-from timm_fct.runs import WEIGHT_CHOICES, RunFolder
+from timm_fct.export.hub import check_repo_id, commit_message_for, export, push, require_token, upload_plan
+from timm_fct.report.layout import CONFUSION_PNG
+from timm_fct.runs.weights import WEIGHT_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--repo-id', help="push to this Hub model repo, 'org/name'")
     parser.add_argument('--weights', choices=WEIGHT_CHOICES, default='auto',
                         help='EMA or raw weights; auto takes EMA when it evaluated better (default)')
-    parser.add_argument('--report', type=Path, help=f'folder with a {RunFolder.CONFUSION_PLOT} for the model card')
+    parser.add_argument('--report', type=Path, help=f'report folder with a {CONFUSION_PNG} for the model card')
     parser.add_argument('--dry-run', action='store_true', help='list what would be uploaded; no network')
     parser.add_argument('--overwrite-card', action='store_true', help="replace the repo's existing README.md")
     parser.add_argument('--private', action='store_true', help='create the repo as private')

@@ -17,7 +17,7 @@ import pytest
 import timm
 
 import timm_fct  # noqa: F401  registers the models before timm's test file lists them
-from timm_fct.fct import GENERIC_MODELS
+from timm_fct.models.fct import GENERIC_MODELS
 
 REPO = Path(__file__).parent.parent
 UPSTREAM_DIR = Path(__file__).parent / 'upstream'

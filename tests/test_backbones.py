@@ -8,8 +8,9 @@ from timm.models import build_model_with_cfg, register_model
 from timm.optim import param_groups_layer_decay
 from torch.utils.flop_counter import FlopCounterMode
 
-from timm_fct.fct import data_cfg_for
-from timm_fct.runs import RunFolder
+from timm.data import resolve_data_config
+
+from timm_fct.runs.model_folder import write_model_folder
 
 # a representative set: ConvNeXt (flattened stem/stages), EfficientNet and MobileNetV3 (their own feature
 # classes), RegNet, DenseNet and VGG (no drop_path_rate; VGG has 6 levels), MambaOut (NHWC maps)
@@ -73,7 +74,7 @@ def test_generic_model_takes_the_backbones_preprocessing():
     cfg = timm.data.resolve_data_config({}, model=model)
     assert (cfg['mean'], cfg['std'], cfg['crop_pct'], cfg['interpolation']) == (
         theirs.mean, theirs.std, theirs.crop_pct, theirs.interpolation)
-    assert model.pretrained_cfg['first_conv'] + '.weight' in model.state_dict()
+    assert timm.models.get_model_traits(model)['first_conv'] + '.weight' in model.state_dict()
 
 
 def test_drop_path_reaches_backbones_that_take_it_and_spares_the_others():
@@ -90,7 +91,7 @@ def test_layer_decay_follows_the_backbones_own_groups(backbone):
     model = timm.create_model('fct_bn', backbone=backbone)
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g['lr_scale'] for g in param_groups_layer_decay(model, layer_decay=0.5) for p in g['params']}
-    stem = model.pretrained_cfg['first_conv'] + '.weight'
+    stem = timm.models.get_model_traits(model)['first_conv'] + '.weight'  # declared by the model once built
     assert scale[stem] == min(scale.values())
     assert all(scale[n] == 1.0 for n in scale if not n.startswith('backbone.'))
     backbone_scales = [scale[n] for n in scale if n.startswith('backbone.') and n.endswith('weight')]
@@ -160,10 +161,8 @@ def test_the_global_descriptor_comes_from_the_backbones_last_level():
 def test_a_generic_models_run_folder_loads_through_local_dir_with_its_backbone(tmp_path):
     """config.json carries backbone= in model_args; timm rebuilds the model from it and loads the weights."""
     model = timm.create_model('fct_ln', backbone='convnext_atto', embed_dim=32, num_classes=3).eval()
-    folder = RunFolder(tmp_path)
-    folder.write_config(model, ['a', 'b', 'c'], dict(input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.25,) * 3,
-                                                     crop_pct=1.0, interpolation='bilinear'))
-    folder.write_weights(model.state_dict())
+    write_model_folder(tmp_path, model, ['a', 'b', 'c'], dict(input_size=(3, 64, 64), mean=(0.5,) * 3,
+                                                                std=(0.25,) * 3, crop_pct=1.0, interpolation='bilinear'))
     loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
     assert (loaded.backbone_name, tuple(loaded.pretrained_cfg['mean'])) == ('convnext_atto', (0.5,) * 3)
     x = torch.randn(2, 3, 64, 64)
@@ -172,9 +171,10 @@ def test_a_generic_models_run_folder_loads_through_local_dir_with_its_backbone(t
 
 
 def test_a_generic_models_data_config_is_its_backbones():
-    """train.py's defaults come from data_cfg_for: a generic model's backbone's, not the registry's."""
+    """train.py resolves preprocessing as timm's does, from the model: a generic model's is its backbone's."""
     cfg = timm.models.get_pretrained_cfg('convnext_atto.d2_in1k')
-    ours = data_cfg_for('fct_bn', {'backbone': 'convnext_atto.d2_in1k'})
+    ours = resolve_data_config(model=timm.create_model('fct_bn', backbone='convnext_atto.d2_in1k'))
     assert (ours['crop_pct'], ours['interpolation'], ours['mean']) == (cfg.crop_pct, cfg.interpolation, cfg.mean)
     assert ours['crop_pct'] != timm.models.get_pretrained_cfg('fct_bn').crop_pct
-    assert data_cfg_for('resnet50_fct_bn', {})['crop_pct'] == timm.models.get_pretrained_cfg('resnet50_fct_bn').crop_pct
+    named = resolve_data_config(model=timm.create_model('resnet50_fct_bn'))
+    assert named['crop_pct'] == timm.models.get_pretrained_cfg('resnet50_fct_bn').crop_pct

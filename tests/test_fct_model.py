@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from timm.utils import AttentionExtract
 
-from timm_fct.fct import ConvAttention, FctNet
+from timm_fct.models import ConvAttention, FctNet
 from tests.conftest import our_models
 from tests.upstream import test_models as upstream
 

@@ -18,8 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 import timm_fct  # noqa: F401  registers the models
-from timm_fct.hub import NO_TOKEN, HubError, export, load_run, push, validate_export
-from timm_fct.runs import RunFolder, RunInfo, read_checkpoint
+from timm_fct.errors import FctError
+from timm_fct.export import hub
+from timm_fct.export.hub import NO_TOKEN, export, push, validate_export
+from timm_fct.runs.folder import RunFolder, RunInfo, read_checkpoint
+from timm_fct.runs.load import load_model
 
 from tests.conftest import run_offline, write_hub_cache
 
@@ -125,8 +128,8 @@ def assert_same_tensors(actual: Dict[str, torch.Tensor], expected: Dict[str, tor
 
 @pytest.fixture(scope='module')
 def reference(small_run):
-    """A fixed batch at the run's input size, and the logits of the model runs.load_run builds."""
-    trained = load_run(small_run)
+    """A fixed batch at the run's input size, and the logits of the model runs.load.load_model builds."""
+    trained = load_model(small_run)
     x = torch.randn(4, *trained.info.data_config['input_size'], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return x, trained.model(x)
@@ -229,7 +232,7 @@ def test_model_card_describes_the_run(exported, small_run, run_info):
 ])
 def test_weights_flag_picks_ema_or_raw(doctored_runs, checkpoint, run, weights, expected):
     """auto takes EMA exactly when the run's summary says it evaluated better; ema and raw override it."""
-    assert_same_tensors(load_run(doctored_runs[run], weights).model.state_dict(), checkpoint[expected])
+    assert_same_tensors(load_model(doctored_runs[run], weights).model.state_dict(), checkpoint[expected])
 
 
 @pytest.mark.parametrize('run', EMA_WINS)
@@ -255,11 +258,10 @@ def test_local_dir_loads_with_identical_logits(exported, reference, run_info):
 
 HUB_LOADS = {
     'hf-hub': f"timm.create_model('hf-hub:{REPO_ID}', pretrained=True)",
-    'registered-tag': (  # the run's preprocessing and labels, as a default_cfgs entry in fct.py would state them;
-        # the run's model arguments (a narrow FCT head) are the caller's, as for any timm model
-        "timm.create_model(register_pretrained_tag("
-        f"info.model, 'digits', '{REPO_ID}', num_classes=info.num_classes, label_names=info.label_names, "
-        "**info.data_config), pretrained=True, **info.model_args)"),
+    'cfg-overlay': (  # the architecture's name with the repo as its weights, timm's pretrained_cfg_overlay; the
+        # run's preprocessing and labels as a default_cfgs entry would state them, its model arguments the caller's
+        f"timm.create_model(info.model, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{REPO_ID}', "
+        "num_classes=info.num_classes, label_names=info.label_names, **info.data_config), **info.model_args)"),
 }
 
 
@@ -269,8 +271,7 @@ def test_hub_cache_loads_offline_with_identical_logits(create, hub_cache, refere
     torch.save(x, tmp_path / 'x.pt')
     code = f"""
 import timm, timm_fct, torch
-from timm_fct.hub import register_pretrained_tag
-from timm_fct.runs import RunFolder
+from timm_fct.runs.folder import RunFolder
 torch.set_num_threads({torch.get_num_threads()})
 info = RunFolder({str(small_run)!r}).info()
 model = {create}.eval()
@@ -281,18 +282,6 @@ with torch.no_grad():
     result = run_offline(hub_cache, code)
     assert result.returncode == 0, result.stderr
     torch.testing.assert_close(torch.load(tmp_path / 'logits.pt'), logits, rtol=0, atol=0)
-
-
-def test_registered_tag_is_listed_as_pretrained(tmp_path):
-    code = f"""
-import timm, timm_fct
-from timm_fct.hub import register_pretrained_tag
-name = register_pretrained_tag('{ARCH}', 'digits', '{REPO_ID}')
-assert name in timm.list_models(pretrained=True), name
-assert timm.get_pretrained_cfg(name).hf_hub_id == '{REPO_ID}'
-"""
-    result = run_offline(tmp_path, code)
-    assert result.returncode == 0, result.stderr
 
 
 def test_push_sends_the_export_as_one_commit(fake_hub, small_run, run_info, exported, capsys):
@@ -311,7 +300,7 @@ def test_push_sends_the_export_as_one_commit(fake_hub, small_run, run_info, expo
 
 def test_push_keeps_an_existing_model_card_unless_told(fake_hub, exported):
     fake_hub.has_card = True
-    with pytest.raises(HubError, match='already has a model card.*--overwrite-card'):
+    with pytest.raises(FctError, match='already has a model card.*--overwrite-card'):
         push(exported, REPO_ID)
     assert fake_hub.calls == ['file_exists'] and not fake_hub.commits
     push(exported, REPO_ID, overwrite_card=True)
@@ -364,14 +353,14 @@ def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message
 def test_export_failing_after_its_temporary_folder_exists_leaves_nothing(small_run, tmp_path, monkeypatch, capsys):
     """config.json saved for another head: validation refuses the folder after the weights were written into it."""
     saved_in = []
-    write_config = RunFolder.write_config
+    write_model_folder = hub.write_model_folder
 
-    def write_config_for_another_head(self, *args, **kwargs):
-        write_config(self, *args, **kwargs)
-        saved_in.append(self.path)
-        _edit_config(self.path)
+    def write_config_for_another_head(folder, *args, **kwargs):
+        write_model_folder(folder, *args, **kwargs)
+        saved_in.append(Path(folder))
+        _edit_config(folder)
 
-    monkeypatch.setattr(RunFolder, 'write_config', write_config_for_another_head)
+    monkeypatch.setattr(hub, 'write_model_folder', write_config_for_another_head)
     result = run_cli(capsys, small_run, '--out', tmp_path / 'export')
     assert result.rc == 2 and 'model.safetensors does not match config.json' in result.err, result.err
     assert [p.parent for p in saved_in] == [tmp_path]  # it failed in a temporary folder beside --out
@@ -384,7 +373,7 @@ def test_interrupted_export_leaves_nothing(small_run, tmp_path, monkeypatch):
         assert any(tmp_path.glob('.export.*/model.safetensors'))  # the temporary folder holds the weights
         raise KeyboardInterrupt
 
-    monkeypatch.setattr('timm_fct.hub.model_card', interrupt)
+    monkeypatch.setattr(hub, 'model_card', interrupt)
     with pytest.raises(KeyboardInterrupt):
         export(small_run, tmp_path / 'export')
     assert list(tmp_path.iterdir()) == []
@@ -411,9 +400,9 @@ BAD_EXPORTS = {
 def test_export_not_matching_its_config_is_refused_before_upload(damage, message, exported, fake_hub, tmp_path):
     folder = shutil.copytree(exported, tmp_path / 'export')
     damage(folder)
-    with pytest.raises(HubError, match=message):
+    with pytest.raises(FctError, match=message):
         validate_export(folder)
-    with pytest.raises(HubError, match=message):
+    with pytest.raises(FctError, match=message):
         push(folder, REPO_ID)
     assert fake_hub.calls == []
 
@@ -431,7 +420,7 @@ def test_push_without_token_says_how_to_log_in(no_token, no_network, small_run, 
     result = run_cli(capsys, small_run, '--repo-id', REPO_ID, '--out', tmp_path / 'export')
     assert result.rc == 2 and NO_TOKEN in result.err, result.err
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(HubError, match='no Hugging Face token'):
+    with pytest.raises(FctError, match='no Hugging Face token'):
         push(exported, REPO_ID)
 
 

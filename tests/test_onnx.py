@@ -18,7 +18,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from timm_fct.onnx import INPUT_NAME, export_onnx
+from timm_fct.export.onnx import INPUT_NAME, export_onnx
 
 FCT_MODELS = timm.list_models('*_fct_*')
 TOLERANCE = 1e-4

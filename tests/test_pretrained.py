@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import run_offline, write_hub_cache
-from timm_fct.fct import checkpoint_filter_fn
+from timm_fct.models.fct import checkpoint_filter_fn
 
 def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
     """A stand-in for timm/<arch>.<tag>: real weights of that architecture (random, seeded) in the cache layout."""

@@ -20,14 +20,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm_fct  # noqa: F401  registers the models
-from timm_fct import report
-from timm_fct.fct import _to_tokens
+from timm_fct.report import maps
+from timm_fct.report.metrics import Evaluation, compute_metrics
+from timm_fct.report.__main__ import main as report_main
 
-from timm_fct.runs import RunFolder
+from timm_fct.runs.folder import RunFolder
 
 MODEL = 'resnet18_fct_bn_cifar'
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
 BEST = RunFolder.BEST
+
+
+def fct_modules(model):
+    return [model.fct_module(i) for i in model.fct_indices]
 REPORT_FILES = {'metrics.json', 'metrics.md', 'confusion_matrix.png', 'gradcam.png', 'attention.png', 'index.html'}
 
 
@@ -96,8 +101,8 @@ def test_confusion_matrix_sums_to_the_evaluated_images(single_report):
 def test_metrics_of_known_predictions():
     targets = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     topk = np.array([[0, 1], [1, 0], [1, 2], [1, 0], [1, 2], [2, 0], [0, 1], [1, 2]])
-    ev = report.Evaluation(targets, topk, confidence=np.full(8, 0.5), loss=1.0)
-    metrics = report.compute_metrics(ev, ['cat', 'dog', 'owl', 'emu'])
+    ev = Evaluation(targets, topk, confidence=np.full(8, 0.5), loss=1.0)
+    metrics = compute_metrics(ev, ['cat', 'dog', 'owl', 'emu'])
     assert metrics['confusion_matrix'] == [[1, 2, 0, 0], [0, 2, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]]
     assert metrics['top1'] == pytest.approx(100 * 4 / 8)
     assert metrics['top5'] == pytest.approx(100 * 6 / 8)  # top-2 here: only 2 predictions per image
@@ -130,7 +135,7 @@ def test_gradcam_points_at_the_class_evidence():
     image[0, 0, 2:10, 3:15] = 1.0  # red: class 0
     image[0, 1, 14:22, 25:37] = 1.0  # green: class 1
     model = ColourEvidenceNet().eval()
-    cams = report.gradcam_maps(model, image.repeat(2, 1, 1, 1), [0, 1])
+    cams = maps.gradcam_maps(model, image.repeat(2, 1, 1, 1), [0, 1])
     assert cams.shape == (2, h, w)
     top_left, bottom_right = (slice(0, h // 2), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))
     assert cams[0][top_left].sum() / cams[0].sum() > 0.9
@@ -162,7 +167,7 @@ def colour_evidence_fct() -> nn.Module:
             pass_colours_through(conv)
         model.head.fc.weight.zero_()
         model.head.fc.bias.zero_()
-        for i, block in enumerate(model.fct.values()):
+        for i, block in enumerate(fct_modules(model)):
             pass_colours_through(block.patch_embed)
             for silenced in (block.global_proj, block.attn.proj, block.focus.conv):
                 silenced.weight.zero_()
@@ -182,7 +187,7 @@ def test_gradcam_of_an_fct_model_points_at_the_evidence_its_fct_modules_carry():
     with torch.no_grad():
         red_only = model(image * torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))[0]
     assert red_only[0] > 0 and red_only[1] == 0  # as built: red is evidence for class 0 and for nothing else
-    cams = report.gradcam_maps(model, image.repeat(2, 1, 1, 1), [0, 1])
+    cams = maps.gradcam_maps(model, image.repeat(2, 1, 1, 1), [0, 1])
     assert cams.shape == (2, h, w)
     for cam, (rows, cols) in zip(cams, [(slice(0, h // 2), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))]):
         assert cam.max() > 0, 'an empty map: the target layers do not reach the logits'
@@ -194,17 +199,17 @@ def test_gradcam_of_an_fct_model_points_at_the_evidence_its_fct_modules_carry():
 def test_gradcam_targets_what_the_classifier_reads():
     """Every FCT module of an FCT model (in tap order); the last stage of a plain network."""
     fct = timm.create_model(MODEL, num_classes=10)
-    assert report.gradcam_target_layers(fct) == [fct.fct['0'], fct.fct['1'], fct.fct['2']]
+    assert maps.gradcam_target_layers(fct) == [fct.fct_module(0), fct.fct_module(1), fct.fct_module(2)]
     resnet = timm.create_model('resnet18_cifar', num_classes=10)
-    assert report.gradcam_target_layers(resnet) == [resnet.layer4]
+    assert maps.gradcam_target_layers(resnet) == [resnet.layer4]
 
 
 def forward_recording(model: nn.Module, x: torch.Tensor, names: str = 'qkv') -> List[Dict[str, torch.Tensor]]:
     """One forward pass; per FCT module, the outputs of its attention's named layers and the input of its
     output projection ('sdpa': what scaled_dot_product_attention returned, heads concatenated)."""
-    seen: List[Dict[str, torch.Tensor]] = [{} for _ in model.fct]
+    seen: List[Dict[str, torch.Tensor]] = [{} for _ in model.fct_indices]
     hooks = []
-    for record, block in zip(seen, model.fct.values()):
+    for record, block in zip(seen, fct_modules(model)):
         hooks += [getattr(block.attn, n).register_forward_hook(lambda m, i, o, r=record, n=n: r.__setitem__(n, o))
                   for n in names]
         hooks.append(block.attn.proj.register_forward_hook(lambda m, i, o, r=record: r.__setitem__('sdpa', i[0])))
@@ -224,8 +229,8 @@ def test_attention_maps_have_each_taps_kv_shape(height, width):
     model = timm.create_model(MODEL, num_classes=10).eval()
     x = torch.randn(2, 3, height, width)
     applied = forward_recording(model, x, names='v')
-    attention, outputs = report.fct_tap_maps(model, x)
-    assert len(attention) == len(outputs) == len(model.fct)
+    attention, outputs = maps.fct_tap_maps(model, x)
+    assert len(attention) == len(outputs) == len(model.fct_indices)
     strided = 0
     for info, record, attn, out in zip(model.feature_info, applied, attention, outputs):
         tap_grid = (-(-height // info['reduction']), -(-width // info['reduction']))  # FCT output of this tap
@@ -242,20 +247,21 @@ def test_attention_weights_are_those_the_model_applies():
     torch.manual_seed(0)
     model = timm.create_model(MODEL, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    extracted = report.attention_weights(model, x)
-    assert all(block.attn.fused_attn for block in model.fct.values())  # extraction only: the model runs fused
-    for block, (weights, kv_grid), seen in zip(model.fct.values(), extracted, forward_recording(model, x, 'v')):
+    extracted = maps.attention_weights(model, x)
+    assert all(block.attn.fused_attn for block in fct_modules(model))  # extraction only: the model runs fused
+    for block, (weights, kv_grid), seen in zip(fct_modules(model), extracted, forward_recording(model, x, 'v')):
         assert kv_grid == seen['v'].shape[-2:]
-        v = _to_tokens(seen['v'], block.attn.num_heads)
         B, C, H, W = seen['sdpa'].shape
+        heads = block.attn.num_heads  # head h holds channels h*C/heads .. (h+1)*C/heads, tokens row-major
+        v = seen['v'].reshape(B, heads, C // heads, -1).transpose(-1, -2)
         assert torch.allclose((weights @ v).transpose(-1, -2).reshape(B, C, H, W), seen['sdpa'], atol=1e-5)
 
 
 def test_failed_attention_extraction_leaves_the_model_fused():
     model = timm.create_model(MODEL, num_classes=10).eval()
     with pytest.raises(ValueError):  # a 3-D input fails inside the traced model
-        report.fct_tap_maps(model, torch.randn(3, 32, 32))
-    assert all(block.attn.fused_attn for block in model.fct.values())
+        maps.fct_tap_maps(model, torch.randn(3, 32, 32))
+    assert all(block.attn.fused_attn for block in fct_modules(model))
 
 
 def truncated_checkpoint(digits_run: Path, tmp_path: Path) -> Path:
@@ -282,7 +288,7 @@ def test_unusable_input_exits_2_with_a_clear_error_and_no_report(case, message, 
         extra = ['--dataset', 'torch/cifar10']
     else:
         out.mkdir()
-    assert report.main([spec, '--out', str(out), '-j', '0', *extra]) == 2
+    assert report_main([spec, '--out', str(out), '-j', '0', *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and message in err and 'Traceback' not in err
     assert out.exists() == (case == 'exists') and leftovers(tmp_path) == []
@@ -300,7 +306,7 @@ def baseline_checkpoint(tmp_path_factory) -> Path:
 
 def test_several_models_are_compared_side_by_side(digits_run, baseline_checkpoint, tmp_path):
     out = tmp_path / 'comparison'
-    assert report.main([str(digits_run), str(baseline_checkpoint), '--out', str(out), '--max-images', '40',
+    assert report_main([str(digits_run), str(baseline_checkpoint), '--out', str(out), '--max-images', '40',
                         '--num-images', '2', '-j', '0']) == 0
     rows = json.loads((out / 'comparison.json').read_text())
     baseline_name = f'{baseline_checkpoint.parent.name}/{baseline_checkpoint.name}'

@@ -3,8 +3,9 @@ import pytest
 import torch
 from torchvision import transforms
 
-from timm_fct.data import DIGITS_MEAN, DIGITS_STD, DigitsDataset, eval_geometry, eval_transform, train_geometry
-from timm_fct.tensor_loader import TensorLoader, pad_crop_flip, preload
+from timm_fct.data.datasets import DIGITS_MEAN, DIGITS_STD, DigitsDataset
+from timm_fct.data.tensor_loader import TensorLoader, pad_crop_flip, preload
+from timm_fct.data.transforms import eval_geometry, eval_transform, train_geometry
 
 SIZE = 16
 DRAWS = 20000
@@ -107,7 +108,7 @@ def test_training_shards_partition_a_global_batch_and_evaluation_covers_every_im
 def test_pil_path_flip_rates_equal_their_probabilities(hflip, vflip):
     """The PIL pipeline's flips honour their probabilities as well (any value once meant 0.5)."""
     from PIL import Image
-    from timm_fct.data import pad_crop_flip_transform
+    from timm_fct.data.transforms import pad_crop_flip_transform
     draws = 3000
     image = Image.fromarray(coordinates(1)[0, 0].numpy(), mode='L')
     transform = pad_crop_flip_transform(SIZE, (0.,), (1.,), padding=0, hflip=hflip, vflip=vflip)

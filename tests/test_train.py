@@ -15,8 +15,9 @@ import torch.nn.functional as F
 import yaml
 
 from tests.conftest import QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, summary_rows
-from timm_fct.data import DigitsDataset, eval_transform
-from timm_fct.runs import RunFolder
+from timm_fct.data.datasets import DigitsDataset
+from timm_fct.data.transforms import eval_transform
+from timm_fct.runs.folder import RunFolder
 
 
 def read_state(path: Path) -> dict:
@@ -117,7 +118,7 @@ def test_resume_reads_its_checkpoint_once(small_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'load', counted)
     checkpoint = small_run / 'last.pth.tar'
-    assert train.main(['--no-progress', *SMALL_RUN_ARGS, '--resume', str(checkpoint), '--output', str(tmp_path),
+    assert train.train_command(['--no-progress', *SMALL_RUN_ARGS, '--resume', str(checkpoint), '--output', str(tmp_path),
                        '--experiment', 'resumed']) == 0  # all epochs done: restored, nothing trained
     assert reads == [checkpoint]
 
@@ -132,7 +133,7 @@ def recorded(self, *args, **kwargs):
         f.write(json.dumps([group['lr'], group['betas'][0]]) + '\\n')
     return step(self, *args, **kwargs)
 torch.optim.Adam.step = recorded
-sys.exit(train.cli(sys.argv[1:]))
+sys.exit(train.main(sys.argv[1:]))
 """
 
 
@@ -233,7 +234,7 @@ def poisoned(self, *args, **kwargs):
             out['loss'] = out['loss'] * float('nan')
     return out
 timm.task.ClassificationTask.forward = poisoned
-sys.exit(train.cli(sys.argv[1:]))
+sys.exit(train.main(sys.argv[1:]))
 """)
     interval = 5
     cmd = [sys.executable, str(wrapper), '--no-progress', '--epochs', '2', *QUICK, '--log-interval', str(interval),
@@ -269,7 +270,7 @@ def dump_then_check(args, model):
     torch.save({{k: v.detach().clone() for k, v in model.state_dict().items()}}, f'{out}/rank{{args.rank}}.pt')
     check(args, model)
 train.check_replicas_in_sync = dump_then_check
-sys.exit(train.cli(sys.argv[1:]))
+sys.exit(train.main(sys.argv[1:]))
 """
 
 
@@ -332,7 +333,7 @@ def test_one_host_sync_per_log_interval(monkeypatch, tmp_path):
         return out
 
     monkeypatch.setattr(train, 'train_one_epoch', counted)
-    assert train.main(['--no-progress', '--epochs', '1', *QUICK, '--log-interval', '5', '--output', str(tmp_path),
+    assert train.train_command(['--no-progress', '--epochs', '1', *QUICK, '--log-interval', '5', '--output', str(tmp_path),
                        '--experiment', 'sync']) == 0
     updates = len(DigitsDataset('train')) // 64
     assert epoch_reads == [['item'] * (math.ceil(updates / 5) + 1)]
@@ -372,7 +373,7 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, argv, message):
 def test_a_model_asserting_on_its_arguments_is_a_user_mistake(tmp_path, capsys):
     """timm's models check their arguments with assert as often as with raise: either is one error: line."""
     import train
-    assert train.cli(['--model', 'test_vit', '--model-kwargs', 'embed_dim=97', '--output', str(tmp_path)]) == 2
+    assert train.main(['--model', 'test_vit', '--model-kwargs', 'embed_dim=97', '--output', str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: --model-kwargs not accepted by test_vit: dim should be divisible by num_heads')
     assert not any(tmp_path.iterdir())
@@ -402,7 +403,7 @@ def test_resume_from_another_architecture(tmp_path):
 
 
 def test_paper_configs_are_complete_and_valid():
-    from timm_fct.train_args import build_parser, read_config
+    from timm_fct.train.args import build_parser, read_config
     parser = build_parser()
     rows = {'cifar10_resnet50.yaml': 'resnet50_cifar', 'cifar10_resnet50_fct_ln.yaml': 'resnet50_fct_ln_cifar',
             'cifar10_resnet50_fct_bn.yaml': 'resnet50_fct_bn_cifar',
@@ -419,7 +420,7 @@ def test_paper_configs_are_complete_and_valid():
 @pytest.mark.parametrize('flag,decayed', [((), 'weights only'), (('--wd-all-params',), 'everything')])
 def test_weight_decay_exempts_norms_and_biases_unless_told(flag, decayed):
     """timm exempts norm and bias parameters; the paper's torch.optim.Adam(weight_decay=1e-4) decays them all."""
-    from timm_fct.train_args import parse_args
+    from timm_fct.train.args import parse_args
     from train import build_optimizer
     model = timm.create_model('resnet18_fct_bn_cifar')
     args = parse_args(['--lr', '0.01', *flag])

@@ -4,6 +4,7 @@ Training batches are shuffled per epoch from (seed, epoch, rank), so a resumed r
 one never interrupted; evaluation is sharded exactly across processes (every image once).
 """
 import argparse
+import os
 from typing import Tuple, Union
 
 import timm
@@ -11,7 +12,7 @@ import torch
 from timm.utils import random_seed
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
-from .data import eval_geometry, eval_transform, pad_crop_flip_transform, train_geometry
+from .transforms import eval_geometry, eval_transform, pad_crop_flip_transform, train_geometry
 from .tensor_loader import TensorLoader, preload
 
 Loader = Union[DataLoader, TensorLoader]
@@ -69,3 +70,8 @@ def set_epoch_seed(args: argparse.Namespace, loader: Loader, epoch: int) -> None
         sampler.set_epoch(epoch)
     else:
         sampler.generator.manual_seed(args.seed + epoch)
+
+
+def default_workers() -> int:
+    """One loading process per core but one, at most 8."""
+    return min(8, max(0, (os.cpu_count() or 1) - 1))

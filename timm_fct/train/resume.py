@@ -13,7 +13,8 @@ from timm.task import TrainingTask
 from timm.utils import CheckpointSaver, NativeScaler
 from torch.optim import Optimizer
 
-from .runs import RunError, check_state_fits
+from ..errors import FctError
+from ..runs.load import load_state
 
 # what a run is: a resume must keep these, or its weights, metrics and recorded preprocessing would disagree
 RUN_IDENTITY_ARGS = ('model', 'model_kwargs', 'num_classes', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation',
@@ -24,15 +25,15 @@ def check_resume(ckpt: Mapping[str, Any], args: argparse.Namespace, model: nn.Mo
     """A checkpoint of another architecture, or of a run with other model or preprocessing flags, is refused."""
     arch = ckpt.get('arch')
     if arch and arch != args.model:
-        raise RunError(f'--resume {args.resume} is a checkpoint of {arch}, not of --model {args.model}')
+        raise FctError(f'--resume {args.resume} is a checkpoint of {arch}, not of --model {args.model}')
     saved = ckpt.get('args')
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {})
     differ = [f'--{k.replace("_", "-")} {getattr(args, k)!r} (the run has {saved[k]!r})'
               for k in RUN_IDENTITY_ARGS if k in saved and _comparable(saved[k]) != _comparable(getattr(args, k))]
     if differ:
-        raise RunError(f'--resume {args.resume}: a resumed run keeps its model and preprocessing, but '
+        raise FctError(f'--resume {args.resume}: a resumed run keeps its model and preprocessing, but '
                        f'{"; ".join(differ)}; drop these flags, or start a new run')
-    check_state_fits(model, clean_state_dict(ckpt['state_dict']), args.resume)
+    load_state(model, ckpt['state_dict'], args.resume)
 
 
 def _comparable(value: Any) -> Any:

@@ -4,7 +4,7 @@ Each FCT module picks its K/V stride from its patch grid (`kv_stride_for`), and 
 resample where a grid already has the target size: Python decisions on the spatial size. Both of
 PyTorch's exporters record the decisions taken for the example input. torch.export also records guards
 that would reject other sizes, but ONNX has nowhere to keep them, so a graph exported with dynamic H/W
-runs at any size and answers wrongly wherever a decision would differ (measured in the README). Export
+runs at any size and answers wrongly wherever a decision would differ (measured in docs/onnx.md). Export
 at the size you serve, one file per size.
 """
 import warnings

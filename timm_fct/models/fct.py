@@ -1,24 +1,37 @@
-"""CNNs with Fully Convolutional Transformer heads ("Learning to Pay Multiple Attention with FCTs").
+"""CNNs with Fully Convolutional Transformer heads.
 
 Mensah, Bah and Brink feed intermediate ResNet-50 feature maps, each added to the global image
 descriptor g, through Fully Convolutional Transformer (FCT) modules, and classify the concatenation of
 their pooled outputs. The backbone here is any timm model with feature maps (backbones.py), ResNet-50
-the paper's. Where each equation of the paper lives:
+the paper's.
 
-* x_l = z_l + P_l(g) (Sec. 3.2, 'Learn to Pay Attention' dimension matching) ... `FctBlock.global_proj`
+Words used throughout timm-fct:
+
+* level: a backbone feature level, an index into the backbone's feature_info (ResNet: 0 is the stem,
+  1-4 its four stages). The last level supplies g.
+* tap: a level that feeds an FCT module (`taps`, the paper's intermediate maps z_l; ResNet default 1-3).
+* FCT index: the position of an FCT module, and of its output, among the taps (0-based): the index of
+  `forward_intermediates`, `fct_indices` and the `fct.{i}` state-dict keys.
+
+Where each equation of the paper lives:
+
+* x_l = z_l + P_l(g) (Sec. 3.2: "we add z_l to g"; P_l matches g's width to the tap's) ... `FctBlock.global_proj`
 * eq. 7, PATCHEMBED(z_l + g) ...................................................... `FctBlock.patch_embed`
 * eqs. 2-4 and 6, MHSA(N(CONVPROJ(z))) .................................................. `ConvAttention`
 * eq. 8, residual around the attention ............................................... `FctBlock.forward`
 * eqs. 5 and 9, FL(N(z)) + z with FL = GELU(CONV) ......................................... `FocusLayer`
 * concatenation of the pooled FCT outputs, then the classifier ... `FctNet.forward_features` / `head`
+
+Paper: S. O. Mensah, B. Bah and W. Brink, "Learning to Pay Multiple Attention with Fully Convolutional
+Transformers" (African Institute for Mathematical Sciences; Stellenbosch University).
 """
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Final, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.jit import Final
 from timm.layers import (
     ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, use_fused_attn,
 )
@@ -29,10 +42,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._features import feature_take_indices
 
 from .backbones import (
-    BACKBONE_DATA_KEYS, backbone_group_matcher, backbone_pretrained_cfg, check_feature_maps, check_taps,
-    create_backbone, default_taps, features_key,
+    backbone_group_matcher, backbone_pretrained_cfg, check_feature_maps, check_taps, create_backbone, default_taps,
+    features_key,
 )
-from .resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
+from .resnet_cifar import cifar_cfg
 
 __all__ = ['FctNet', 'FctBlock', 'ConvAttention', 'FocusLayer']
 
@@ -51,7 +64,7 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int, training: b
         raise ValueError(f'expected {in_chans} input channels (N, {in_chans}, H, W), got shape {x.shape}')
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError(
-            f'input {x.shape[2]}x{x.shape[3]} is too small for the tapped stages: height and width must be '
+            f'input {x.shape[2]}x{x.shape[3]} is too small for the taps: height and width must be '
             f'at least {min_size}, the total stride of the backbone')
     if training and x.shape[0] == 1 and (x.shape[2] <= min_size or x.shape[3] <= min_size):
         raise ValueError(
@@ -113,7 +126,7 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.
     """3x3 depth-wise convolution; strided ones run in float32 under CPU autocast.
 
     On a CPU, the bf16 backward of a strided depth-wise convolution on 1x1 maps returned non-finite
-    gradients from finite inputs, inconsistently (it depends on the heap: README, bf16 on CPU), and
+    gradients from finite inputs, inconsistently (it depends on the heap: docs/benchmarks.md, bf16 on CPU), and
     training diverged. The float32 path costs little on the small grids that are strided.
     """
     if not torch.jit.is_scripting():
@@ -208,7 +221,7 @@ class FocusLayer(nn.Module):
 
 
 class FctBlock(nn.Module):
-    """One FCT module: a tapped feature map plus the global descriptor in, an attended map out (eqs. 7-9)."""
+    """One FCT module: a tap's feature map plus the global descriptor in, an attended map out (eqs. 7-9)."""
 
     def __init__(
             self,
@@ -245,7 +258,7 @@ class FctBlock(nn.Module):
 
 
 class FctNet(nn.Module):
-    """A timm backbone whose tapped feature levels go through FCT modules; their pooled outputs are classified.
+    """A timm backbone whose taps go through FCT modules; their pooled outputs are classified.
 
     The backbone is timm's features_only model of any architecture (CNNs, and hierarchical transformers
     whose NHWC maps are permuted); its own pretrained weights load through timm by name and tag, and its
@@ -319,13 +332,13 @@ class FctNet(nn.Module):
         info = self.backbone.feature_info
         levels = [info.info[i] for i in info.out_indices]
         self.taps = check_taps(backbone, levels, default_taps(len(levels)) if taps is None else taps)
-        self.backbone_indices = [*self.taps, len(levels) - 1]  # the last level gives the global descriptor g
+        self.read_levels = [*self.taps, len(levels) - 1]  # the taps, then the last level, which gives g
         self.backbone_name = backbone
         first_conv = self.backbone.pretrained_cfg.get('first_conv')
         if isinstance(first_conv, str):  # declared for timm (in_chans adaptation, config.json), by our key names
             self._traits = {'first_conv': f'backbone.{features_key(first_conv, dict(self.backbone.named_modules()))}'}
         self.backbone_nhwc = getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC'
-        self.level_chs = [levels[i]['num_chs'] for i in self.backbone_indices]
+        self.level_chs = [levels[i]['num_chs'] for i in self.read_levels]
         tap_reductions = [levels[i]['reduction'] for i in self.taps]
         self.min_input_size = levels[-1]['reduction']
 
@@ -356,11 +369,6 @@ class FctNet(nn.Module):
         self.fct.apply(_init_fct_weights)
 
     @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        """Nothing beyond the 1-D norm and bias parameters, which timm's optimizer factory already exempts."""
-        return set()
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Tuple]:
         """Layer-decay groups: the backbone's own (stem, stages or blocks), then the FCT modules and head."""
         return backbone_group_matcher(self.backbone_name, list(self.backbone.state_dict()), coarse)
@@ -379,13 +387,45 @@ class FctNet(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
 
+    @torch.jit.ignore
+    def fct_taps(self) -> Dict[int, int]:
+        """The level each kept FCT module reads, by FCT index."""
+        return {i: self.taps[i] for i in self.fct_indices}
+
+    @torch.jit.ignore
+    def fct_module(self, index: int) -> 'FctBlock':
+        """The FCT module at an FCT index; its output is FCT output `index`."""
+        if index not in self.fct_indices:
+            raise ValueError(f'no FCT module at FCT index {index}; this model keeps {self.fct_indices}')
+        return self.fct[str(index)]
+
+    @torch.jit.ignore
+    def attention_names(self) -> Dict[int, str]:
+        """By FCT index, the name under which timm's AttentionExtract finds the module's attention weights
+        on the explicit path (`explicit_attention`): softmax(QK^T / sqrt(d)), (B, heads, queries, keys)."""
+        return {i: f'fct.{i}.attn.softmax' for i in self.fct_indices}
+
+    @torch.jit.ignore
+    @contextmanager
+    def explicit_attention(self) -> Iterator[None]:
+        """Every FCT module on timm's explicit attention path, which materialises the weights; restored after."""
+        modules = [self.fct_module(i).attn for i in self.fct_indices]
+        fused = [m.fused_attn for m in modules]
+        for m in modules:
+            m.fused_attn = False
+        try:
+            yield
+        finally:
+            for m, was_fused in zip(modules, fused):
+                m.fused_attn = was_fused
+
     def _attend(self, x: torch.Tensor, indices: List[int]) -> List[torch.Tensor]:
         """Backbone, global descriptor g, and the outputs of the FCT modules at `indices`, in tap order."""
         check_image_batch(x, self.in_chans, self.min_input_size, self.training)
         levels = self.backbone(x)
-        feats = [levels[i].permute(0, 3, 1, 2) if self.backbone_nhwc else levels[i] for i in self.backbone_indices]
+        feats = [levels[i].permute(0, 3, 1, 2) if self.backbone_nhwc else levels[i] for i in self.read_levels]
         check_feature_maps(feats, self.level_chs, self.backbone_name)
-        g = feats[-1].mean((2, 3))  # global image descriptor: the pooled last stage
+        g = feats[-1].mean((2, 3))  # global image descriptor: the pooled last level
         outs: List[torch.Tensor] = []
         for key, block in self.fct.items():
             i = int(key)
@@ -521,13 +561,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> 
 
 GENERIC_MODELS = ('fct_bn', 'fct_ln')
 DEFAULT_BACKBONE = 'resnet50'  # the paper's
-def data_cfg_for(model_name: str, model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """The preprocessing `timm.create_model(model_name, **model_kwargs)` will carry, before building it:
-    a generic model's is its backbone's."""
-    cfg = get_pretrained_cfg(model_name, allow_unregistered=False).to_dict()
-    if model_name.split('.')[0] in GENERIC_MODELS:
-        cfg.update(backbone_pretrained_cfg(model_kwargs.get('backbone', DEFAULT_BACKBONE)))
-    return {k: cfg.get(k) for k in BACKBONE_DATA_KEYS}
 
 
 def _names_weights(cfg: Dict[str, Any]) -> bool:
@@ -550,7 +583,7 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
                 **(kwargs.get('pretrained_cfg_overlay') or {}),
             }
             pretrained = False
-    model = build_model_with_cfg(
+    return build_model_with_cfg(
         FctNet,
         variant,
         pretrained,
@@ -558,17 +591,9 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
         feature_cfg=dict(feature_cls='getter', out_indices=None),  # every FCT output; the model knows how many
         **kwargs,
     )
-    if isinstance(model, FctNet):  # not the features_only wrapper, which has its own cfg
-        fit_cfg_to_backbone(model.pretrained_cfg, model)
-    return model
 
 
-def fit_cfg_to_backbone(cfg: Dict[str, Any], model: FctNet) -> None:
-    """What a pretrained_cfg cannot know before the backbone is built: its first convolution's name under
-    features_only naming (stem.0 -> stem_0), the minimum input (the backbone's total stride) and the pool size."""
-    cfg['first_conv'] = getattr(model, '_traits', {}).get('first_conv', cfg['first_conv'])
-    cfg['min_input_size'] = (cfg['input_size'][0], model.min_input_size, model.min_input_size)
-    cfg['pool_size'] = tuple(s // model.feature_info[-1]['reduction'] for s in cfg['input_size'][1:])
+PAPER_NAME = 'Learning to Pay Multiple Attention with Fully Convolutional Transformers'
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -578,15 +603,18 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         'crop_pct': 0.95, 'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'backbone.conv1', 'classifier': 'head.fc',
-        'license': 'apache-2.0',
+        'license': 'apache-2.0', 'paper_name': PAPER_NAME,
         **kwargs,
     }
 
 
-def _cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
-    return _cfg(
-        num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), min_input_size=(3, 8, 8),
-        crop_pct=1.0, interpolation='bilinear', mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs)
+def _generic_cfg() -> Dict[str, Any]:
+    """Grid and minimum input depend on the backbone, known when it is built (FctNet.min_input_size)."""
+    return _cfg(pool_size=None, min_input_size=None, first_conv=None)
+
+
+def _cifar_cfg() -> Dict[str, Any]:
+    return cifar_cfg(first_conv='backbone.conv1', classifier='head.fc', paper_name=PAPER_NAME)
 
 
 def _backbone_cfg(backbone: str, **kwargs: Any) -> Dict[str, Any]:
@@ -594,21 +622,22 @@ def _backbone_cfg(backbone: str, **kwargs: Any) -> Dict[str, Any]:
 
     Read from timm's registry, so a tag can only name weights timm publishes (an unknown tag fails at import).
     """
-    hf_hub_id = get_pretrained_cfg(backbone, allow_unregistered=False).hf_hub_id
-    return _cfg(hf_hub_id=hf_hub_id, **{**backbone_pretrained_cfg(backbone), **kwargs})
+    source = get_pretrained_cfg(backbone, allow_unregistered=False)
+    return _cfg(hf_hub_id=source.hf_hub_id, origin_url=source.origin_url,
+                **{**backbone_pretrained_cfg(backbone), **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
-    'fct_bn': _cfg(),
-    'fct_ln': _cfg(),
+    'fct_bn': _generic_cfg(),
+    'fct_ln': _generic_cfg(),
     'resnet18_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
     'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
     'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
     'resnet50_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
     'convnext_tiny_fct_bn.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
     'convnext_tiny_fct_ln.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
-    'efficientnet_b0_fct_bn.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k'),
-    'efficientnet_b0_fct_ln.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k'),
+    'efficientnet_b0_fct_bn.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),
+    'efficientnet_b0_fct_ln.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),
     'resnet18_fct_bn_cifar': _cifar_cfg(),
     'resnet18_fct_ln_cifar': _cifar_cfg(),
     'resnet50_fct_bn_cifar': _cifar_cfg(),
@@ -619,25 +648,27 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """BatchNorm FCT modules on any timm backbone: `backbone='convnext_tiny.fb_in1k'`; pretrained loads its weights."""
-    return _create_fct('fct_bn', pretrained, **dict(dict(norm='bn'), **kwargs))
+    model_args = dict(norm='bn')
+    return _create_fct('fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """LayerNorm FCT modules on any timm backbone: `backbone='convnext_tiny.fb_in1k'`; pretrained loads its weights."""
-    return _create_fct('fct_ln', pretrained, **dict(dict(norm='ln'), **kwargs))
+    model_args = dict(norm='ln')
+    return _create_fct('fct_ln', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def convnext_tiny_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ConvNeXt-Tiny with BatchNorm FCT modules on its first three stages, 224x224 (1.06x the FLOPs)."""
+    """ConvNeXt-Tiny with BatchNorm FCT modules on levels 0-2 (strides 4-16), 224x224."""
     model_args = dict(backbone='convnext_tiny', norm='bn')
     return _create_fct('convnext_tiny_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def convnext_tiny_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ConvNeXt-Tiny with LayerNorm FCT modules on its first three stages, 224x224 (1.06x the FLOPs)."""
+    """ConvNeXt-Tiny with LayerNorm FCT modules on levels 0-2 (strides 4-16), 224x224."""
     model_args = dict(backbone='convnext_tiny', norm='ln')
     return _create_fct('convnext_tiny_fct_ln', pretrained, **dict(model_args, **kwargs))
 
@@ -646,7 +677,7 @@ def convnext_tiny_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
 def efficientnet_b0_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """EfficientNet-B0 with BatchNorm FCT modules 64 wide on levels 1-3 (strides 4-16), 224x224.
 
-    The default width 96 would cost 1.39x the FLOPs of this light backbone; 64 costs 1.18x (README).
+    Narrower than the default 96 to keep the head's cost in proportion to this light backbone (docs/benchmarks.md).
     """
     model_args = dict(backbone='efficientnet_b0', norm='bn', embed_dim=64)
     return _create_fct('efficientnet_b0_fct_bn', pretrained, **dict(model_args, **kwargs))
@@ -656,7 +687,7 @@ def efficientnet_b0_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
 def efficientnet_b0_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
     """EfficientNet-B0 with LayerNorm FCT modules 64 wide on levels 1-3 (strides 4-16), 224x224.
 
-    The default width 96 would cost 1.39x the FLOPs of this light backbone; 64 costs 1.18x (README).
+    Narrower than the default 96 to keep the head's cost in proportion to this light backbone (docs/benchmarks.md).
     """
     model_args = dict(backbone='efficientnet_b0', norm='ln', embed_dim=64)
     return _create_fct('efficientnet_b0_fct_ln', pretrained, **dict(model_args, **kwargs))
@@ -664,14 +695,14 @@ def efficientnet_b0_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
 
 @register_model
 def resnet18_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ResNet-18 with BatchNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
+    """ResNet-18 with BatchNorm FCT modules on levels 1-3 (stages 1-3), ImageNet stem, 224x224."""
     model_args = dict(backbone='resnet18', norm='bn')
     return _create_fct('resnet18_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet18_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ResNet-18 with LayerNorm FCT modules on stages 1-3, ImageNet stem, 224x224."""
+    """ResNet-18 with LayerNorm FCT modules on levels 1-3 (stages 1-3), ImageNet stem, 224x224."""
     model_args = dict(backbone='resnet18', norm='ln')
     return _create_fct('resnet18_fct_ln', pretrained, **dict(model_args, **kwargs))
 
@@ -706,13 +737,13 @@ def resnet18_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
 
 @register_model
 def resnet50_fct_bn_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """The paper's 'ours (with BN)' row: CIFAR stem, BatchNorm FCT modules, trained from scratch."""
+    """The 'ours (with BN)' row of Table 1: CIFAR stem (our choice, docs/decisions.md), BatchNorm FCT modules."""
     model_args = dict(backbone='resnet50_cifar', norm='bn')
     return _create_fct('resnet50_fct_bn_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50_fct_ln_cifar(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """The paper's 'ours (with LN)' row: CIFAR stem, LayerNorm FCT modules, trained from scratch."""
+    """The 'ours (with LN)' row of Table 1: CIFAR stem (our choice, docs/decisions.md), LayerNorm FCT modules."""
     model_args = dict(backbone='resnet50_cifar', norm='ln')
     return _create_fct('resnet50_fct_ln_cifar', pretrained, **dict(model_args, **kwargs))

@@ -1,21 +1,18 @@
-"""Datasets and transforms shared by train.py and the report: timm's datasets plus an embedded default.
+"""The datasets train.py and the report read: timm's datasets plus an embedded default.
 
 The embedded default is scikit-learn's handwritten digits (1,797 real 8x8 images that ship inside the
 package), so training and evaluation run with no download at all.
 """
-import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_dataset, create_transform
-from timm.data.transforms import MaybeToTensor
+from timm.data import create_dataset
 from torch.utils.data import Dataset
-from torchvision import transforms
 
-from .cli import CliError
+from ..errors import FctError
 
 DIGITS = 'sklearn/digits'
 DIGITS_MEAN = (0.3053,) * 3  # of the training split, images scaled to [0, 1]
@@ -25,10 +22,6 @@ DIGITS_SPLIT_SEED = 0
 TORCH_DOWNLOADABLE = ('torch/cifar10', 'torch/cifar100')
 IN_MEMORY_DATASETS = (DIGITS, *TORCH_DOWNLOADABLE)  # small enough to hold whole on the training device
 TRAIN_SPLITS = ('train', 'training')
-
-
-class DatasetError(CliError):
-    """A dataset that cannot be built from what the user gave; the message says what was expected."""
 
 
 class DigitsDataset(Dataset):
@@ -69,17 +62,17 @@ def build_dataset(
         return DigitsDataset(split)
     if name.startswith('torch/'):
         if not data_dir:
-            raise DatasetError(f'--data-dir is required for {name} (where it is, or where to download it)')
+            raise FctError(f'--data-dir is required for {name} (where it is, or where to download it)')
         if download and name not in TORCH_DOWNLOADABLE:
-            raise DatasetError(f'--dataset-download supports {", ".join(TORCH_DOWNLOADABLE)}, not {name}')
+            raise FctError(f'--dataset-download supports {", ".join(TORCH_DOWNLOADABLE)}, not {name}')
         try:
             return create_dataset(name, root=data_dir, split=split, download=download)
         except AssertionError as e:  # timm's message for an unknown torchvision name
-            raise DatasetError(f'unknown dataset {name!r}: {e}') from None
+            raise FctError(f'unknown dataset {name!r}: {e}') from None
         except RuntimeError as e:  # torchvision: not found and not downloading
-            raise DatasetError(f'{name} not found in {data_dir} ({e}); add --dataset-download to fetch it') from None
+            raise FctError(f'{name} not found in {data_dir} ({e}); add --dataset-download to fetch it') from None
     if name:
-        raise DatasetError(
+        raise FctError(
             f"unknown dataset {name!r}: expected {DIGITS!r}, 'torch/<name>' (e.g. torch/cifar10) "
             f"or '' with --data-dir pointing at an ImageFolder tree")
     return _image_folder(data_dir, split)
@@ -87,16 +80,16 @@ def build_dataset(
 
 def _image_folder(data_dir: Optional[str], split: str) -> Dataset:
     if not data_dir:
-        raise DatasetError('an ImageFolder dataset needs --data-dir')
+        raise FctError('an ImageFolder dataset needs --data-dir')
     root = Path(data_dir)
     if not root.is_dir():
-        raise DatasetError(f'data folder {root} does not exist')
+        raise FctError(f'data folder {root} does not exist')
     if not any(root.iterdir()):
-        raise DatasetError(f'data folder {root} is empty: expected class sub-folders of images')
+        raise FctError(f'data folder {root} is empty: expected class sub-folders of images')
     try:
         return create_dataset('', root=str(root), split=split)
     except (RuntimeError, FileNotFoundError) as e:
-        raise DatasetError(f'no images found under {root} for split {split!r}: {e}') from None
+        raise FctError(f'no images found under {root} for split {split!r}: {e}') from None
 
 
 def class_names(dataset: Dataset) -> List[str]:
@@ -108,44 +101,4 @@ def class_names(dataset: Dataset) -> List[str]:
     class_to_idx = getattr(reader, 'class_to_idx', None)
     if class_to_idx:
         return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-    raise DatasetError(f'cannot tell the class names of {type(dataset).__name__}')
-
-
-def train_geometry(img_size: int) -> Callable:
-    """What a training image goes through before the random augmentation: resized to img_size."""
-    return transforms.Resize(img_size)
-
-
-def pad_crop_flip_transform(
-        img_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        padding: int = 4,
-        hflip: float = 0.5,
-        vflip: float = 0.,
-) -> Callable:
-    """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, flips with the given probabilities."""
-    steps = [train_geometry(img_size), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
-    if hflip > 0:
-        steps.append(transforms.RandomHorizontalFlip(hflip))
-    if vflip > 0:
-        steps.append(transforms.RandomVerticalFlip(vflip))
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    return transforms.Compose(steps)
-
-
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float,
-                   interpolation: str = 'bilinear') -> Callable:
-    return create_transform(
-        img_size, is_training=False, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
-
-
-def eval_geometry(img_size: int, crop_pct: float, interpolation: str = 'bilinear') -> Callable:
-    """eval_transform's resize and centre crop alone, for pipelines that convert and normalise themselves."""
-    full = eval_transform(img_size, (0.,) * 3, (1.,) * 3, crop_pct, interpolation)
-    return transforms.Compose([t for t in full.transforms
-                               if not isinstance(t, (transforms.ToTensor, MaybeToTensor, transforms.Normalize))])
-
-
-def default_workers() -> int:
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    raise FctError(f'cannot tell the class names of {type(dataset).__name__}')

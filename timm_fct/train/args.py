@@ -11,20 +11,17 @@ from typing import Any, Dict, Optional, Sequence
 import timm
 import torch
 import yaml
+from timm.data import resolve_data_config
 from timm.utils import ParseKwargs
 
-from .cli import CliError
-from .data import DIGITS, DIGITS_MEAN, DIGITS_STD, IN_MEMORY_DATASETS, default_workers
-from .fct import data_cfg_for
+from ..data.datasets import DIGITS, DIGITS_MEAN, DIGITS_STD, IN_MEMORY_DATASETS
+from ..data.loaders import default_workers
+from ..errors import FctError
 
 DEFAULT_MODEL = 'resnet18_fct_bn_cifar'
 PAPER_DEFAULTS = dict(batch_size=128, epochs=200, pad_crop=4)
 # the embedded main job, about a minute on 2 CPU cores: the 8 px digits upsampled 2x, padded by 1 px
 DIGITS_DEFAULTS = dict(batch_size=64, epochs=5, img_size=16, pad_crop=1)
-
-
-class ConfigError(CliError):
-    """A flag or config value that cannot work; the message says what was expected."""
 
 
 def build_parser(description: str = '') -> argparse.ArgumentParser:
@@ -153,17 +150,17 @@ def parse_args(argv: Optional[Sequence[str]] = None, description: str = '') -> a
 
 def read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     if not Path(path).is_file():
-        raise ConfigError(f'config file {path} does not exist')
+        raise FctError(f'config file {path} does not exist')
     try:
         cfg = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f'config file {path} is not valid YAML: {e}') from None
+        raise FctError(f'config file {path} is not valid YAML: {e}') from None
     if not isinstance(cfg, dict):
-        raise ConfigError(f'config file {path} must hold a mapping of flag names to values')
+        raise FctError(f'config file {path} must hold a mapping of flag names to values')
     known = {a.dest for a in parser._actions}
     unknown = sorted(k for k in cfg if k.replace('-', '_') not in known)
     if unknown:
-        raise ConfigError(f'config file {path} has unknown keys {unknown}; keys are flag names, e.g. '
+        raise FctError(f'config file {path} has unknown keys {unknown}; keys are flag names, e.g. '
                           f'batch_size, lr, model, epochs')
     return {k.replace('-', '_'): v for k, v in cfg.items()}
 
@@ -179,32 +176,40 @@ def resolve_args(args: argparse.Namespace) -> None:
     if args.dataset is None:
         args.dataset = '' if args.data_dir else DIGITS
     if not timm.is_model(args.model):
-        raise ConfigError(f'unknown model {args.model!r}; see timm.list_models() (FCT models: '
+        raise FctError(f'unknown model {args.model!r}; see timm.list_models() (FCT models: '
                           f'{", ".join(timm.list_models("*fct*"))})')
-    cfg = data_cfg_for(args.model, args.model_kwargs)
     is_digits = args.dataset == DIGITS
     for key, value in (DIGITS_DEFAULTS if is_digits else PAPER_DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.img_size = args.img_size or cfg['input_size'][-1]
-    args.mean = args.mean or list(DIGITS_MEAN if is_digits else cfg['mean'])
-    args.std = args.std or list(DIGITS_STD if is_digits else cfg['std'])
-    args.crop_pct = args.crop_pct or (1.0 if is_digits else cfg['crop_pct'])
-    args.interpolation = args.interpolation or cfg['interpolation'] or 'bilinear'
+    if is_digits:  # the dataset's own statistics, unless the flags say otherwise
+        args.mean = args.mean or list(DIGITS_MEAN)
+        args.std = args.std or list(DIGITS_STD)
+        args.crop_pct = args.crop_pct or 1.0
     if args.hflip is None:
         args.hflip = 0.0 if is_digits else 0.5
     if args.lr is None:
         ratio = args.batch_size * args.world_size / args.lr_base_size
         args.lr = args.lr_base * (math.sqrt(ratio) if args.lr_base_scale == 'sqrt' else ratio)
     if args.sync_bn and args.device.type != 'cuda':
-        raise ConfigError('--sync-bn needs GPUs: PyTorch implements SyncBatchNorm for CUDA devices only')
+        raise FctError('--sync-bn needs GPUs: PyTorch implements SyncBatchNorm for CUDA devices only')
     if args.epochs < 1 or args.batch_size < 1 or args.log_interval < 1:
-        raise ConfigError('--epochs, --batch-size and --log-interval must be at least 1')
+        raise FctError('--epochs, --batch-size and --log-interval must be at least 1')
     for flag in ('hflip', 'vflip'):
         if not 0 <= getattr(args, flag) <= 1:
-            raise ConfigError(f'--{flag} is a probability: expected a value in [0, 1], got {getattr(args, flag)}')
+            raise FctError(f'--{flag} is a probability: expected a value in [0, 1], got {getattr(args, flag)}')
     if args.pipeline == 'auto':
         args.pipeline = 'memory' if args.dataset in IN_MEMORY_DATASETS and args.pad_crop > 0 else 'pil'
     if args.pipeline == 'memory' and args.dataset not in IN_MEMORY_DATASETS:
-        raise ConfigError(f'--pipeline memory holds {", ".join(IN_MEMORY_DATASETS)}; use --pipeline pil for '
+        raise FctError(f'--pipeline memory holds {", ".join(IN_MEMORY_DATASETS)}; use --pipeline pil for '
                           f'{args.dataset or "an ImageFolder tree"}')
+
+
+def resolve_preprocessing(args: argparse.Namespace, model: torch.nn.Module) -> Dict[str, Any]:
+    """The run's preprocessing as timm's train.py resolves it, once the model is built: each flag, else the
+    model's pretrained_cfg (a generic FCT model's is its backbone's). Written back into args."""
+    config = resolve_data_config(vars(args), model=model)
+    args.img_size = config['input_size'][-1]
+    args.mean, args.std = list(config['mean']), list(config['std'])
+    args.crop_pct, args.interpolation = config['crop_pct'], config['interpolation']
+    return config

@@ -13,23 +13,21 @@ from timm.layers import register_notrace_function
 from timm.models import create_model, get_pretrained_cfg, group_parameters
 
 
-BACKBONE_DATA_KEYS = ('input_size', 'test_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
+PREPROCESSING_KEYS = ('input_size', 'test_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
                       'test_crop_pct', 'crop_mode', 'mean', 'std')  # preprocessing the backbone was trained with
 
 
 def backbone_pretrained_cfg(backbone: str) -> Dict[str, Any]:
-    """The preprocessing and first layer of a backbone (name and optional tag) from timm's registry."""
+    """The preprocessing of a backbone (name and optional tag) from timm's registry. Its first convolution's
+    name under features_only naming is known once built: FctNet declares it in timm's model traits."""
     cfg = get_pretrained_cfg(backbone)
     if cfg is None:
         return {}
-    out = {k: getattr(cfg, k) for k in BACKBONE_DATA_KEYS if getattr(cfg, k, None) is not None}
-    if cfg.first_conv:
-        out['first_conv'] = f'backbone.{cfg.first_conv}'
-    return out
+    return {k: getattr(cfg, k) for k in PREPROCESSING_KEYS if getattr(cfg, k, None) is not None}
 
 
 def default_taps(num_levels: int) -> Tuple[int, ...]:
-    """The last three feature levels before the last (ResNet: stages 1-3, the paper's taps); fewer if absent."""
+    """The last three levels before the last (ResNet: stages 1-3, our reading of the paper's taps); fewer if absent."""
     return tuple(range(max(0, num_levels - 4), num_levels - 1))
 
 

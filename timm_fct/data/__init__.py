@@ -1,0 +1,1 @@
+"""Datasets, their transforms, and the two input pipelines train.py and the report use."""

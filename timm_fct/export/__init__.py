@@ -1,0 +1,1 @@
+"""Getting a trained model out: the Hub (export, model card, push) and ONNX."""

@@ -1,0 +1,64 @@
+"""`python -m timm_fct.report RUN [RUN ...] --out DIR`: the report's command line."""
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from ..cli import run_cli
+from ..data.datasets import DIGITS
+from ..data.loaders import default_workers
+from ..runs.weights import WEIGHT_CHOICES
+from . import __doc__ as REPORT_DOC
+from .build import build_report
+from .layout import INDEX_HTML
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='python -m timm_fct.report', description=REPORT_DOC.split('\n\n')[0])
+    parser.add_argument('models', nargs='+', metavar='MODEL',
+                        help="train.py run folder, checkpoint file, or 'hf-hub:' / 'local-dir:' model; "
+                             'several are compared side by side')
+    parser.add_argument('--out', required=True, metavar='DIR', help='report folder to create')
+    parser.add_argument('--overwrite', action='store_true', help='replace DIR if it exists')
+    data = parser.add_argument_group('dataset (as train.py)')
+    data.add_argument('--dataset', default=None,
+                      help=f"dataset name; default: the one the model was trained on, else {DIGITS!r}")
+    data.add_argument('--data-dir', default=None, help="dataset root; default: the run's")
+    data.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
+    data.add_argument('--split', default='validation', help="dataset split to evaluate (default: 'validation')")
+    data.add_argument('--max-images', type=positive_int, default=None,
+                      help='evaluate at most this many images, spread over the split; all when not given')
+    parser.add_argument('-b', '--batch-size', type=positive_int, default=128, help='(default: 128)')
+    parser.add_argument('-j', '--workers', type=int, default=default_workers(),
+                        help='data loading processes (default: one per core but one, at most 8)')
+    parser.add_argument('--num-images', type=positive_int, default=8,
+                        help='images in the Grad-CAM and attention grids (default: 8)')
+    parser.add_argument('--weights', choices=WEIGHT_CHOICES, default='auto',
+                        help="a run's EMA or raw weights; auto takes EMA when it evaluated better (default)")
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='(default: cuda when available, else cpu)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Mistakes end with one `error:` line and exit code 2, as in train.py and hub/publish.py."""
+    return run_cli(make_report, argv)
+
+
+def make_report(argv: Optional[Sequence[str]] = None) -> int:
+    out = build_report(parse_args(argv))
+    print(f'report written to {out / INDEX_HTML}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The report folder's file names: one owner, read by the report and by the Hub export's model card."""
+METRICS_JSON = 'metrics.json'
+METRICS_MD = 'metrics.md'
+CONFUSION_PNG = 'confusion_matrix.png'
+GRADCAM_PNG = 'gradcam.png'
+ATTENTION_PNG = 'attention.png'
+COMPARISON_MD = 'comparison.md'
+COMPARISON_JSON = 'comparison.json'
+COMPARISON_PNG = 'comparison.png'
+INDEX_HTML = 'index.html'

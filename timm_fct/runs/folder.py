@@ -1,0 +1,156 @@
+"""A train.py run folder: the one owner of its file names, and what the rest of timm-fct reads from it.
+
+A run folder is a timm model folder (model_folder.py: config.json, model.safetensors) with the training
+record beside it: args.yaml, summary.csv, the curves and timm's checkpoints. train/record.py writes the
+record; the report and the export read it through RunFolder.
+"""
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import timm
+import torch
+import yaml
+from timm.data import resolve_data_config
+
+from ..errors import FctError
+from . import model_folder
+from .weights import EMA_KEY, RAW_KEY
+
+
+@dataclass
+class RunInfo:
+    """What rebuilding and evaluating a trained model needs."""
+    model: str
+    num_classes: int
+    label_names: List[str]
+    data_config: Dict[str, Any]  # the preprocessing the model was trained with, as timm's resolve_data_config gives it
+    model_args: Dict[str, Any] = field(default_factory=dict)  # beside num_classes
+    dataset: str = ''
+    data_dir: Optional[str] = None
+
+    @classmethod
+    def from_cfg(cls, model: str, cfg: Mapping[str, Any], model_args: Mapping[str, Any],
+                 args: Optional[Mapping[str, Any]] = None) -> 'RunInfo':
+        """From a timm pretrained_cfg (with label_names), the model's arguments and train.py's arguments."""
+        args = args or {}
+        num_classes = model_args.get('num_classes') or cfg['num_classes']
+        labels = cfg.get('label_names') or range(num_classes)
+        return cls(model=model, num_classes=num_classes, label_names=[str(n) for n in labels],
+                   data_config=resolve_data_config(pretrained_cfg=dict(cfg)),
+                   model_args={k: v for k, v in model_args.items() if k != 'num_classes'},
+                   dataset=args.get('dataset') or '', data_dir=args.get('data_dir'))
+
+
+class RunFolder:
+    """A train.py run folder: its file names and summary columns, written by train.py, read by the rest."""
+    ARGS = 'args.yaml'  # every resolved train.py argument
+    CONFIG = model_folder.CONFIG
+    WEIGHTS = model_folder.WEIGHTS  # the best checkpoint's weights, EMA or raw as 'auto' chooses them
+    SUMMARY = 'summary.csv'  # one row per epoch
+    LAST = 'last.pth.tar'  # timm CheckpointSaver checkpoints ('state_dict', optional 'state_dict_ema', ...)
+    BEST = 'model_best.pth.tar'
+    LOSS_PLOT = 'loss.png'
+    ACCURACY_PLOT = 'accuracy.png'
+    COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_time')
+    EMA_COLUMNS = ('eval_ema_loss', 'eval_ema_top1', 'eval_ema_top5')
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+
+    def summary(self) -> List[Dict[str, float]]:
+        """summary.csv's rows as numbers."""
+        path = self.path / self.SUMMARY
+        if not path.is_file():
+            return []
+        with open(path, newline='') as f:
+            return [{k: float(v) for k, v in row.items() if v not in ('', None)} for row in csv.DictReader(f)]
+
+    def best_metrics(self) -> Dict[str, float]:
+        """The best value of each eval column over the run (max for accuracy, min for loss)."""
+        best: Dict[str, float] = {}
+        for row in self.summary():
+            for k, v in row.items():
+                if k.startswith('eval_'):
+                    best[k] = (min if k.endswith('loss') else max)(best.get(k, v), v)
+        return best
+
+    def accuracy(self, ema: bool = False) -> Dict[str, Optional[float]]:
+        """Best and last top-1 / top-5 of the raw or EMA weights (best_top1, ..., last_top5); {} if never evaluated."""
+        prefix = 'eval_ema_' if ema else 'eval_'
+        best, rows = self.best_metrics(), self.summary()
+        if f'{prefix}top1' not in best:
+            return {}
+        return {f'{when}_{k}': values.get(prefix + k) for when, values in (('best', best), ('last', rows[-1]))
+                for k in ('top1', 'top5')}
+
+    def ema_evaluated_better(self) -> bool:
+        """True when the run's best EMA top-1 beats its best raw top-1."""
+        best = self.best_metrics()
+        return best.get('eval_ema_top1', float('-inf')) > best.get('eval_top1', float('-inf'))
+
+    def args_text(self) -> str:
+        """args.yaml as written, '' when the folder has none."""
+        path = self.path / self.ARGS
+        return path.read_text() if path.is_file() else ''
+
+    def info(self, ckpt: Optional[Mapping[str, Any]] = None) -> RunInfo:
+        """From config.json and args.yaml, or for a checkpoint outside a run, from the arguments stored in it."""
+        args = yaml.safe_load(self.args_text()) or {}
+        config_path = self.path / self.CONFIG
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text())
+                cfg = dict(config['pretrained_cfg'], label_names=config.get('label_names'))
+                return RunInfo.from_cfg(config['architecture'], cfg, config.get('model_args', {}), args)
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise FctError(f'{config_path} is not a timm model config: {type(e).__name__}: {e}') from None
+        if ckpt is None:
+            raise FctError(f'{self.path} is not a timm model folder: {self.CONFIG} is missing')
+        args = ckpt.get('args')
+        args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
+        model_name = ckpt.get('arch') or args.get('model')
+        if not model_name or not timm.is_model(model_name):
+            raise FctError(f'cannot tell the architecture of the checkpoint in {self.path}: no {self.CONFIG} '
+                           f'beside it and no known model name in it (arch={model_name!r})')
+        num_classes = args.get('num_classes') or _classifier_outputs(ckpt[RAW_KEY])
+        model_args = dict(args.get('model_kwargs') or {}, num_classes=num_classes)
+        return RunInfo.from_cfg(model_name, timm.get_pretrained_cfg(model_name).to_dict(), model_args, args)
+
+    def find_checkpoint(self) -> Path:
+        """The checkpoint the run stands for: best, else last."""
+        for name in (self.BEST, self.LAST):
+            if (self.path / name).is_file():
+                return self.path / name
+        raise FctError(f'no checkpoint in {self.path}: expected {self.BEST} or {self.LAST}')
+
+
+def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """A checkpoint file read once on the CPU, whole (timm's readers keep one state dict of it); truncated and
+    foreign files become an FctError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FctError(f'checkpoint {path} does not exist')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise FctError(f'checkpoint {path} cannot be read (truncated or not a PyTorch checkpoint): {e}') from None
+    if not isinstance(ckpt, dict):
+        raise FctError(f'checkpoint {path} holds a {type(ckpt).__name__}, expected a dict with a state_dict')
+    if RAW_KEY not in ckpt:  # a bare state dict
+        if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise FctError(f'checkpoint {path} has no state_dict (keys: {sorted(ckpt)[:8]})')
+        ckpt = {RAW_KEY: ckpt}
+    return ckpt
+
+
+def _classifier_outputs(state_dict: Mapping[str, torch.Tensor]) -> int:
+    for key in ('head.fc.weight', 'fc.weight'):
+        if key in state_dict:
+            return state_dict[key].shape[0]
+    raise FctError('cannot tell the number of classes: the checkpoint has no classifier weights')
+
+
+__all__ = ['RunFolder', 'RunInfo', 'read_checkpoint', 'EMA_KEY']

@@ -1,0 +1,69 @@
+"""One way to load a trained model from any source: 'hf-hub:' / 'local-dir:' names, a run folder or a checkpoint.
+
+The report and the export both load through `load_model`, with one vocabulary for the weights choice
+(weights.py): 'auto', 'ema' or 'raw'.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import clean_state_dict
+
+from ..errors import FctError
+from .folder import RunFolder, RunInfo, read_checkpoint
+from .weights import EMA_KEY, state_key
+
+HUB_PREFIXES = ('hf-hub:', 'local-dir:')  # models timm loads itself, with their published weights
+
+
+@dataclass
+class LoadedModel:
+    """A trained model (eval mode) and where it came from."""
+    source: str  # as given: a hub name, a run folder or a checkpoint file
+    model: nn.Module
+    info: RunInfo
+    folder: Optional[RunFolder] = None  # the checkpoint's folder; None for hub names
+    checkpoint: Optional[Path] = None
+    weights: Optional[str] = None  # 'ema' or 'raw' entry of the checkpoint; None for a hub model's only weights
+    epoch: Optional[int] = None  # the checkpoint's epoch, which names the summary.csv row it was evaluated in
+
+
+def load_model(source: Union[str, Path], weights: str = 'auto') -> LoadedModel:
+    """The model at `source`; for a run or checkpoint, its 'auto', 'ema' or 'raw' weights."""
+    source = str(source)
+    if source.startswith(HUB_PREFIXES):
+        if weights not in ('auto', 'raw'):
+            raise FctError(f'{source} has one set of weights; --weights {weights} applies to train.py runs')
+        try:
+            model = timm.create_model(source, pretrained=True)
+        except OSError as e:  # huggingface_hub and file-system errors: offline, missing repo, unreadable file
+            raise FctError(f'cannot load model {source}: {e}') from None
+        info = RunInfo.from_cfg(source, model.pretrained_cfg, {'num_classes': model.num_classes})
+        return LoadedModel(source, model.eval(), info)
+    path = Path(source)
+    checkpoint = RunFolder(path).find_checkpoint() if path.is_dir() else path
+    folder = RunFolder(checkpoint.parent)
+    ckpt = read_checkpoint(checkpoint)
+    info = folder.info(ckpt)
+    key = state_key(ckpt, weights, folder.ema_evaluated_better())
+    model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_args)
+    load_state(model, ckpt[key], str(checkpoint))
+    return LoadedModel(source, model.eval(), info, folder, checkpoint, 'ema' if key == EMA_KEY else 'raw',
+                       ckpt.get('epoch'))
+
+
+def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strict load, DDP and torch.compile prefixes stripped, with one message that names any mismatch."""
+    try:
+        result = model.load_state_dict(clean_state_dict(dict(state_dict)), strict=False)
+    except RuntimeError as e:  # mis-shaped tensors
+        raise FctError(f'{source} does not fit {type(model).__name__}: {e}; is it a checkpoint of another '
+                       f'architecture?') from None
+    if result.missing_keys or result.unexpected_keys:
+        raise FctError(
+            f'{source} does not fit {type(model).__name__}: {len(result.missing_keys)} missing, '
+            f'{len(result.unexpected_keys)} unexpected tensors (e.g. '
+            f'{(result.missing_keys or result.unexpected_keys)[:3]}); is it a checkpoint of another architecture?')
