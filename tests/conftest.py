@@ -1,28 +1,28 @@
-"""Test setup: register the models, and bring timm's own model test file for the installed timm.
+"""Test setup: timm's own model test file for the installed timm, the slow marker, and the shared train.py run.
+
+Helpers live in tests/helpers.py; the `slow` marker is set here on every test that launches a process
+(train.py, torchrun, a fresh Python), so `pytest -m "not slow"` is the quick loop.
 
 timm's tests/test_models.py is not in the wheel; the source distribution on the package index ships it.
 It is fetched with pip for exactly the installed timm version, cached under tests/upstream/ (ignored by
 git), and collected like our own tests, keeping only the cases it parametrizes with our models.
 """
-import csv
+import inspect
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import pytest
 import timm
 
-import timm_fct  # noqa: F401  registers the models before timm's test file lists them
-from timm_fct.models.fct import GENERIC_MODELS
+from tests.helpers import SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, upstream_models
 
-REPO = Path(__file__).parent.parent
 UPSTREAM_DIR = Path(__file__).parent / 'upstream'
 UPSTREAM_FILE = 'test_models.py'
-OUR_MODULES = ('fct', 'resnet_cifar')
 DOWNLOAD_TESTS = {
     # these fetch weights from the Hugging Face Hub, which the test machines cannot reach; the ImageNet
     # backbone path is covered offline by tests/test_pretrained.py
@@ -55,16 +55,6 @@ def _fetch_upstream_tests() -> None:
     version_file.write_text(timm.__version__)
 
 
-def our_models(include_tags: bool = False) -> List[str]:
-    return timm.list_models(module=list(OUR_MODULES), include_tags=include_tags)
-
-
-def upstream_models() -> set:
-    """Ours that timm's tests run on. The generic fct_bn / fct_ln build resnet50_fct_bn / _ln by default,
-    the same networks, on which timm's tests run; tests/test_backbones.py covers them on other backbones."""
-    return set(our_models()) - set(GENERIC_MODELS)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     _fetch_upstream_tests()
     if os.environ.get('PYTEST_XDIST_WORKER'):
@@ -93,65 +83,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    # xdist hands tests out in this order: the long train.py runs go first, so no worker ends on one alone
-    keep.sort(key=lambda item: FIRST.index(item.originalname) if item.originalname in FIRST else len(FIRST))
+    for item in keep:
+        if launches_processes(item):
+            item.add_marker(pytest.mark.slow)
+    # xdist hands tests out in this order: the ones that launch train.py and other processes first, so no
+    # worker ends on a long one alone
+    keep.sort(key=lambda item: item.get_closest_marker('slow') is None)
     items[:] = keep
 
 
-FIRST = [  # the longest tests, longest first (durations measured with -n 2)
-    'test_main_job_reaches_97_percent_on_digits_and_leaves_a_complete_run',
-    'test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycle',
-    'test_resume_with_other_preprocessing_is_refused_and_changes_nothing',
-    'test_two_gloo_processes_stay_in_sync_and_match_one_process_at_the_same_global_batch',
-    'test_nan_loss_stops_within_one_log_interval_and_keeps_the_last_good_run',
-    'test_sharded_evaluation_counts_every_image_once',
-]
+PROCESS_FIXTURES = {'small_run', 'digits_run'}  # fixtures that run train.py
+PROCESS_CALLS = ('run_train(', 'run_offline(', 'subprocess.', 'torch.multiprocessing', 'mp.spawn')
 
 
-HUB_CACHE_COMMIT = '0123456789abcdef0123456789abcdef01234567'
-
-
-def write_hub_cache(hf_home: Path, repo_id: str, files: dict) -> Path:
-    """Lay files out as huggingface_hub's cache does after a download of repo_id at HUB_CACHE_COMMIT."""
-    repo_dir = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
-    snapshot = repo_dir / 'snapshots' / HUB_CACHE_COMMIT
-    snapshot.mkdir(parents=True)
-    (repo_dir / 'refs').mkdir()
-    (repo_dir / 'refs' / 'main').write_text(HUB_CACHE_COMMIT)
-    for name, writer in files.items():
-        writer(snapshot / name)
-    return snapshot
-
-
-def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
-    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
-
-
-def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, umask: Optional[int] = None,
-              **env: str) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, in a subprocess (under `umask` when given)."""
-    cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]
-    return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env}, preexec_fn=None if umask is None else lambda: os.umask(umask))
-
-
-# a cheap setting for the tests about the training machinery, not the accuracy: the digits at their native 8 px
-QUICK = ('--img-size', '8', '--model-kwargs', 'embed_dim=32', '-b', '64')
-
-
-def summary_rows(run_dir: Path) -> list:
-    """summary.csv as written, one dict of strings per epoch."""
-    with open(run_dir / 'summary.csv', newline='') as f:
-        return list(csv.DictReader(f))
-
-
-# the smallest real run that has what the hub and report tests read: 2 epochs on the digits at 12 px (every
-# FCT module attends over several keys), a narrow FCT head, and an EMA whose decay lets it move in 42 updates;
-# trained under this umask, which the files it leaves must follow
-SMALL_RUN_UMASK = 0o002
-SMALL_RUN_ARGS = ('--epochs', '2', '--img-size', '12', '-b', '64', '--model-kwargs', 'embed_dim=32',
-                  '--model-ema', '--model-ema-decay', '0.9')
+def launches_processes(item: pytest.Item) -> bool:
+    """A test is slow when it, or a fixture it uses, starts a process (train.py, torchrun, a fresh Python)."""
+    if PROCESS_FIXTURES & set(getattr(item, 'fixturenames', ())):
+        return True
+    function = getattr(item, 'function', None)
+    try:
+        source = inspect.getsource(function) if function else ''
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in PROCESS_CALLS)
 
 
 @pytest.fixture(scope='session')

@@ -10,11 +10,10 @@ from timm.layers import LayerNorm2d
 from timm.utils import AttentionExtract
 
 from timm_fct.models import ConvAttention, FctNet
-from tests.conftest import our_models
+from tests.helpers import SMALL_MODEL, our_models
 from tests.upstream import test_models as upstream
 
 FCT_MODELS = timm.list_models('*_fct_*')
-SMALL = 'resnet18_fct_bn_cifar'
 
 
 def _input(model: nn.Module, batch: int = 2) -> torch.Tensor:
@@ -57,7 +56,7 @@ def test_norm_variant_sets_fct_norms_and_keeps_backbone_batchnorm(model_name, no
 @pytest.mark.parametrize('size', [(32, 32), (9, 9), (36, 36), (33, 47), (61, 20)])
 def test_head_pools_each_fct_output_and_concatenates(size):
     """The paper's head: average-pool every FCT output, concatenate, classify; at any input size."""
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         _, fct_outs = model.forward_intermediates(x)
@@ -77,7 +76,7 @@ def test_fct_outputs_have_each_taps_resolution_and_width():
 
 
 def test_forward_features_is_on_the_last_fct_grid_and_area_resampling_is_exact():
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     with torch.no_grad():
         feats, outs = model.forward_intermediates(torch.randn(1, 3, 32, 32))
         # sizes divide at 32 px: exact area resampling is plain average pooling
@@ -88,7 +87,7 @@ def test_forward_features_is_on_the_last_fct_grid_and_area_resampling_is_exact()
 
 def test_global_descriptor_reaches_every_fct_module():
     """x_l = z_l + P_l(g): changing only the last backbone stage, the source of g, changes each FCT output."""
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     x = _input(model, 1)
 
     def shift_last_stage(module, args, feats):
@@ -113,7 +112,7 @@ def test_attention_uses_fused_sdpa_with_requested_heads(monkeypatch):
         return sdpa(q, k, v, **kwargs)
 
     monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
-    model = timm.create_model(SMALL, embed_dim=96, num_heads=3, kv_stride=2).eval()
+    model = timm.create_model(SMALL_MODEL, embed_dim=96, num_heads=3, kv_stride=2).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
     # taps at 32, 16, 8 px -> patch stride 2 -> 16, 8, 4 px queries; K/V strided only above 8x8
@@ -133,7 +132,7 @@ def test_every_module_attends_over_at_least_16_keys_at_the_default_size(model_na
 
 
 def test_single_key_attention_warns():
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     with pytest.warns(UserWarning, match='single key'), torch.no_grad():
         model(torch.randn(1, 3, 8, 8))  # the deepest patch grid is 1x1
 
@@ -159,7 +158,7 @@ def explicit_attention(model: nn.Module) -> nn.Module:
 def test_explicit_attention_gives_what_the_fused_one_gives(height, width):
     """timm's fused_attn switch changes how attention is computed, not what; the first module strides its K/V."""
     torch.manual_seed(0)
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     assert all(block.attn.fused_attn for block in model.fct.values())  # fused by default
     x = torch.randn(2, 3, height, width)
     with torch.no_grad():
@@ -171,7 +170,7 @@ def test_explicit_attention_gives_what_the_fused_one_gives(height, width):
 def test_timm_attention_extract_finds_every_modules_weights_by_fx_and_by_hooks():
     """AttentionExtract's default names ('*attn.softmax' traced, '*attn_drop' hooked) reach the softmax."""
     torch.manual_seed(0)
-    model = explicit_attention(timm.create_model(SMALL).eval())
+    model = explicit_attention(timm.create_model(SMALL_MODEL).eval())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         traced = AttentionExtract(model)(x)
@@ -186,7 +185,7 @@ def test_timm_attention_extract_finds_every_modules_weights_by_fx_and_by_hooks()
 
 
 def test_eval_is_deterministic_with_dropout_configured():
-    model = timm.create_model(SMALL, drop_rate=0.5, attn_drop_rate=0.5, drop_path_rate=0.2).eval()
+    model = timm.create_model(SMALL_MODEL, drop_rate=0.5, attn_drop_rate=0.5, drop_path_rate=0.2).eval()
     x = _input(model)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
@@ -198,7 +197,7 @@ def test_eval_is_deterministic_with_dropout_configured():
 
 
 def test_non_square_input():
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 48, 24)).shape == (1, 10)
 
@@ -222,7 +221,7 @@ def test_fct_layers_use_the_papers_kaiming_normal_init():
 
 @pytest.mark.parametrize('fused', [True, False], ids=['fused', 'explicit'])
 def test_torchscript_matches_eager(fused):
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     if not fused:
         explicit_attention(model)
     x = _input(model)
@@ -232,7 +231,7 @@ def test_torchscript_matches_eager(fused):
 
 
 def test_torch_compile_fullgraph_matches_eager():
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     x = _input(model)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
@@ -240,7 +239,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 @pytest.mark.parametrize('name,kwargs,block', [
-    (SMALL, {}, 'layer1'),
+    (SMALL_MODEL, {}, 'layer1'),
     ('fct_bn', dict(backbone='convnext_atto', embed_dim=32), 'stages_1'),
     ('fct_ln', dict(backbone='efficientnet_b0', embed_dim=32), 'blocks.2'),
 ])
@@ -268,7 +267,7 @@ def test_grad_checkpointing_recomputes_in_backward_and_gives_same_gradients(name
 
 
 def test_prune_keeps_earlier_taps_and_resizes_the_head():
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     x = _input(model, 1)
     with torch.no_grad():
         taps = model.forward_intermediates(x, intermediates_only=True)
@@ -283,7 +282,7 @@ def test_prune_keeps_earlier_taps_and_resizes_the_head():
 
 
 def test_prune_norm_keeps_only_the_requested_modules():
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     x = _input(model, 1)
     with torch.no_grad():
         taps = model.forward_intermediates(x, intermediates_only=True)
@@ -293,7 +292,7 @@ def test_prune_norm_keeps_only_the_requested_modules():
 
 
 def test_features_only_gives_fct_outputs():
-    model = timm.create_model(SMALL, features_only=True, out_indices=(0, 2)).eval()
+    model = timm.create_model(SMALL_MODEL, features_only=True, out_indices=(0, 2)).eval()
     with torch.no_grad():
         feats = model(torch.randn(2, 3, 32, 32))
     assert [tuple(f.shape) for f in feats] == [(2, 96, 16, 16), (2, 96, 4, 4)]
@@ -301,14 +300,14 @@ def test_features_only_gives_fct_outputs():
 
 
 def test_taps_are_configurable():
-    model = timm.create_model(SMALL, taps=(2, 3)).eval()
+    model = timm.create_model(SMALL_MODEL, taps=(2, 3)).eval()
     with torch.no_grad():
         assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 2 * 96, 4, 4)
     assert model.num_features == 2 * 96
 
 
 def test_batch_of_one_in_training_needs_more_than_one_value_per_batchnorm_channel():
-    model = timm.create_model(SMALL).train()
+    model = timm.create_model(SMALL_MODEL).train()
     with pytest.raises(ValueError, match='batch of 1 needs height and width of at least 9'):
         model(torch.randn(1, 3, 8, 8))
     assert model(torch.randn(1, 3, 9, 9)).shape == (1, 10)
@@ -321,7 +320,7 @@ def test_batch_of_one_in_training_needs_more_than_one_value_per_batchnorm_channe
     ((2, 3, 4, 4), r'too small .* at least 8'),
 ])
 def test_bad_input_raises_clear_error(shape, match):
-    model = timm.create_model(SMALL).eval()
+    model = timm.create_model(SMALL_MODEL).eval()
     with pytest.raises(ValueError, match=match):
         model(torch.randn(*shape))
 
@@ -341,7 +340,7 @@ def test_too_small_for_imagenet_stem():
 ])
 def test_bad_arguments_raise_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        timm.create_model(SMALL, **kwargs)
+        timm.create_model(SMALL_MODEL, **kwargs)
 
 
 def test_unknown_name_and_tag_raise():
@@ -352,4 +351,4 @@ def test_unknown_name_and_tag_raise():
 
 
 def test_model_class_is_exported():
-    assert isinstance(timm.create_model(SMALL), FctNet)
+    assert isinstance(timm.create_model(SMALL_MODEL), FctNet)

@@ -6,7 +6,6 @@ import re
 import shutil
 import socket
 import stat
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Dict, List
@@ -24,9 +23,8 @@ from timm_fct.export.hub import NO_TOKEN, export, push, validate_export
 from timm_fct.runs.folder import RunFolder, RunInfo, read_checkpoint
 from timm_fct.runs.load import load_model
 
-from tests.conftest import run_offline, write_hub_cache
+from tests.helpers import SMALL_MODEL, assert_same_tensors, run_offline, write_hub_cache
 
-ARCH = 'resnet18_fct_bn_cifar'
 REPO_ID = 'org/fct-digits'
 TOKEN = 'hf_secret_test_token_0123456789'
 BEST = RunFolder.BEST
@@ -118,12 +116,6 @@ def doctored_exports(doctored_runs, tmp_path_factory) -> Dict[str, Path]:
     """Each doctored run exported with the default --weights auto."""
     root = tmp_path_factory.mktemp('doctored-exports')
     return {name: export(run, root / name, repo_id=REPO_ID) for name, run in doctored_runs.items()}
-
-
-def assert_same_tensors(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
-    assert set(actual) == set(expected)
-    for name, tensor in actual.items():
-        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.fixture(scope='module')
@@ -409,11 +401,9 @@ def test_export_not_matching_its_config_is_refused_before_upload(damage, message
 
 @pytest.mark.parametrize('repo_id', ['fct-digits', 'org/fct/digits', 'org/fct digits', 'org/-fct', 'org/a--b'])
 def test_malformed_repo_id_is_refused_up_front(repo_id, no_network, small_run, tmp_path, capsys):
-    start = time.monotonic()
     result = run_cli(capsys, small_run, '--repo-id', repo_id, '--out', tmp_path / 'export')
     assert result.rc == 2 and f'malformed repo id {repo_id!r}' in result.err, result.err
-    assert list(tmp_path.iterdir()) == []
-    assert time.monotonic() - start < 5
+    assert list(tmp_path.iterdir()) == []  # refused before the export: nothing written, no network (no_network)
 
 
 def test_push_without_token_says_how_to_log_in(no_token, no_network, small_run, exported, tmp_path, capsys):
@@ -425,9 +415,8 @@ def test_push_without_token_says_how_to_log_in(no_token, no_network, small_run, 
 
 
 def test_offline_with_empty_cache_fails_fast_naming_repo_and_cause(tmp_path):
-    start = time.monotonic()
     result = run_offline(tmp_path, f"import timm, timm_fct; timm.create_model('hf-hub:{REPO_ID}', pretrained=True)")
-    elapsed = time.monotonic() - start
     assert result.returncode != 0
+    # it failed on the offline switch, before any request (the message names it), and cached nothing
     assert REPO_ID in result.stderr and 'HF_HUB_OFFLINE' in result.stderr, result.stderr
-    assert elapsed < 20, f'took {elapsed:.1f} s'
+    assert not any(p.is_file() for p in (tmp_path / 'hub').rglob('*')), sorted((tmp_path / 'hub').rglob('*'))

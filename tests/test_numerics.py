@@ -15,7 +15,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import QUICK, run_train, summary_rows
+from tests.helpers import QUICK, run_train, summary_rows
 
 
 @pytest.mark.filterwarnings('ignore:an FCT module attends over a single key')

@@ -1,12 +1,16 @@
 """The pretrained paths, proven offline: ImageNet backbone weights from a Hub cache, and our own checkpoints."""
 import json
+import runpy
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import run_offline, write_hub_cache
+import timm_fct
+
+from tests.helpers import run_offline, write_hub_cache
 from timm_fct.models.fct import checkpoint_filter_fn
 
 def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
@@ -152,7 +156,8 @@ import timm, timm_fct, torch
 from safetensors.torch import save_file
 model = timm.create_model('fct_bn', backbone='convnext_atto.d2_in1k', pretrained=True, num_classes=10)
 cfg = model.pretrained_cfg
-assert (cfg['crop_pct'], cfg['test_input_size'], cfg['first_conv']) == (0.875, (3, 288, 288), 'backbone.stem_0'), cfg
+assert (cfg['crop_pct'], cfg['test_input_size']) == (0.875, (3, 288, 288)), cfg
+assert timm.models.get_model_traits(model)['first_conv'] == 'backbone.stem_0'  # known once built
 assert model.get_classifier().out_features == 10
 save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
 """
@@ -178,3 +183,13 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
     # in_chans=1: timm sums the stem's RGB filters (adapt_input_conv), found through first_conv
     torch.testing.assert_close(loaded.pop('backbone.stem_0.weight'), hub.pop('stem.0.weight').sum(1, keepdim=True))
     assert_backbone_is_hub_weights(loaded, hub)
+
+
+def test_torch_hub_finds_every_registered_model_through_hubconf():
+    """`torch.hub.load` on a checkout lists and builds the models by their timm names, with timm's arguments."""
+    repo = str(Path(__file__).parent.parent)
+    entries = runpy.run_path(str(Path(repo) / 'hubconf.py'))  # torch.hub.list reads only GitHub repos
+    assert set(timm.list_models(module=['fct', 'resnet_cifar'])) <= set(entries)
+    model = torch.hub.load(repo, 'resnet18_fct_bn_cifar', source='local', num_classes=7, embed_dim=32)
+    assert isinstance(model, timm_fct.FctNet) and model.num_classes == 7
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

@@ -26,7 +26,8 @@ from timm_fct.report.__main__ import main as report_main
 
 from timm_fct.runs.folder import RunFolder
 
-MODEL = 'resnet18_fct_bn_cifar'
+from tests.helpers import SMALL_MODEL
+
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
 BEST = RunFolder.BEST
 
@@ -81,7 +82,7 @@ def test_cli_writes_the_whole_report_with_a_progress_bar(single_report, digits_r
     assert metrics['top1'] == pytest.approx(run_evaluation(digits_run, epoch, metrics['weights']), abs=1e-3)
     assert metrics['top1'] <= metrics['top5'] <= 100
     md = (out / 'metrics.md').read_text()
-    assert f"| {digits_run.name} | {MODEL} | {VALIDATION_IMAGES} | {metrics['top1']:.2f} |" in md
+    assert f"| {digits_run.name} | {SMALL_MODEL} | {VALIDATION_IMAGES} | {metrics['top1']:.2f} |" in md
     assert md.count('\n| ') >= 1 + 10 + 1  # summary row, a row per class, at least a header of confusions
 
 
@@ -158,7 +159,7 @@ def colour_evidence_fct() -> nn.Module:
     and focus branches add nothing, and g's projection is zero: the class evidence reaches the logits only
     through the FCT modules, and the last backbone stage not at all, as g is all it feeds.
     """
-    model = timm.create_model(MODEL, num_classes=2, embed_dim=8).eval()
+    model = timm.create_model(SMALL_MODEL, num_classes=2, embed_dim=8).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -198,7 +199,7 @@ def test_gradcam_of_an_fct_model_points_at_the_evidence_its_fct_modules_carry():
 
 def test_gradcam_targets_what_the_classifier_reads():
     """Every FCT module of an FCT model (in tap order); the last stage of a plain network."""
-    fct = timm.create_model(MODEL, num_classes=10)
+    fct = timm.create_model(SMALL_MODEL, num_classes=10)
     assert maps.gradcam_target_layers(fct) == [fct.fct_module(0), fct.fct_module(1), fct.fct_module(2)]
     resnet = timm.create_model('resnet18_cifar', num_classes=10)
     assert maps.gradcam_target_layers(resnet) == [resnet.layer4]
@@ -226,7 +227,7 @@ def forward_recording(model: nn.Module, x: torch.Tensor, names: str = 'qkv') -> 
 def test_attention_maps_have_each_taps_kv_shape(height, width):
     """The maps lie on the K/V grid each module attended over, strided on large grids, as the model ran it."""
     torch.manual_seed(0)
-    model = timm.create_model(MODEL, num_classes=10).eval()
+    model = timm.create_model(SMALL_MODEL, num_classes=10).eval()
     x = torch.randn(2, 3, height, width)
     applied = forward_recording(model, x, names='v')
     attention, outputs = maps.fct_tap_maps(model, x)
@@ -245,7 +246,7 @@ def test_attention_maps_have_each_taps_kv_shape(height, width):
 def test_attention_weights_are_those_the_model_applies():
     """weights @ V must give what each module's own scaled_dot_product_attention gave, strided K/V included."""
     torch.manual_seed(0)
-    model = timm.create_model(MODEL, num_classes=10).eval()
+    model = timm.create_model(SMALL_MODEL, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     extracted = maps.attention_weights(model, x)
     assert all(block.attn.fused_attn for block in fct_modules(model))  # extraction only: the model runs fused
@@ -258,7 +259,7 @@ def test_attention_weights_are_those_the_model_applies():
 
 
 def test_failed_attention_extraction_leaves_the_model_fused():
-    model = timm.create_model(MODEL, num_classes=10).eval()
+    model = timm.create_model(SMALL_MODEL, num_classes=10).eval()
     with pytest.raises(ValueError):  # a 3-D input fails inside the traced model
         maps.fct_tap_maps(model, torch.randn(3, 32, 32))
     assert all(block.attn.fused_attn for block in fct_modules(model))
@@ -311,7 +312,7 @@ def test_several_models_are_compared_side_by_side(digits_run, baseline_checkpoin
     rows = json.loads((out / 'comparison.json').read_text())
     baseline_name = f'{baseline_checkpoint.parent.name}/{baseline_checkpoint.name}'
     assert [(r['name'], r['arch'], r['num_images']) for r in rows] == [
-        (digits_run.name, MODEL, 40), (baseline_name, 'resnet18_cifar', 40)]
+        (digits_run.name, SMALL_MODEL, 40), (baseline_name, 'resnet18_cifar', 40)]
     table = (out / 'comparison.md').read_text()
     for r in rows:
         assert f"| {r['name']} | {r['arch']} | 40 | {r['top1']:.2f} | {r['top5']:.2f} |" in table

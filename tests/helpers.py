@@ -1,0 +1,82 @@
+"""Helpers the tests share: one name per model, running train.py and offline Hub loads, comparing tensors."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import timm
+import torch
+
+import timm_fct  # noqa: F401  registers the models
+from timm_fct.models.fct import GENERIC_MODELS
+
+REPO = Path(__file__).parent.parent
+SMALL_MODEL = 'resnet18_fct_bn_cifar'  # the model of the machinery tests and of train.py's main job
+OUR_MODULES = ('fct', 'resnet_cifar')
+
+
+def our_models(include_tags: bool = False) -> List[str]:
+    return timm.list_models(module=list(OUR_MODULES), include_tags=include_tags)
+
+
+def upstream_models() -> set:
+    """Ours that timm's tests run on. The generic fct_bn / fct_ln build resnet50_fct_bn / _ln by default,
+    the same networks, on which timm's tests run; tests/test_backbones.py covers them on other backbones."""
+    return set(our_models()) - set(GENERIC_MODELS)
+
+
+def assert_same_tensors(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], what: str = '',
+                        exact: bool = True) -> None:
+    """Same names, same values: bit for bit, or to float32 round-off where two computations differ in order."""
+    assert actual.keys() == expected.keys(), what
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-6)
+    for name, tensor in actual.items():
+        torch.testing.assert_close(tensor, expected[name], **tol, msg=f'{what}: {name}')
+
+
+HUB_CACHE_COMMIT = '0123456789abcdef0123456789abcdef01234567'
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, files: dict) -> Path:
+    """Lay files out as huggingface_hub's cache does after a download of repo_id at HUB_CACHE_COMMIT."""
+    repo_dir = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    snapshot = repo_dir / 'snapshots' / HUB_CACHE_COMMIT
+    snapshot.mkdir(parents=True)
+    (repo_dir / 'refs').mkdir()
+    (repo_dir / 'refs' / 'main').write_text(HUB_CACHE_COMMIT)
+    for name, writer in files.items():
+        writer(snapshot / name)
+    return snapshot
+
+
+def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
+    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, umask: Optional[int] = None,
+              **env: str) -> subprocess.CompletedProcess:
+    """Run train.py as a user would, in a subprocess (under `umask` when given)."""
+    cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]
+    return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env}, preexec_fn=None if umask is None else lambda: os.umask(umask))
+
+
+# a cheap setting for the tests about the training machinery, not the accuracy: the digits at their native 8 px
+QUICK = ('--img-size', '8', '--model-kwargs', 'embed_dim=32', '-b', '64')
+
+
+def summary_rows(run_dir: Path) -> list:
+    """summary.csv as written, one dict of strings per epoch."""
+    with open(run_dir / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+# the smallest real run that has what the hub and report tests read: 2 epochs on the digits at 12 px (every
+# FCT module attends over several keys), a narrow FCT head, and an EMA whose decay lets it move in 42 updates;
+# trained under this umask, which the files it leaves must follow
+SMALL_RUN_UMASK = 0o002
+SMALL_RUN_ARGS = ('--epochs', '2', '--img-size', '12', '-b', '64', '--model-kwargs', 'embed_dim=32',
+                  '--model-ema', '--model-ema-decay', '0.9')
