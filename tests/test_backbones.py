@@ -1,4 +1,6 @@
 """FCT heads on timm backbones other than ResNet: the generic models, the named ones, and their errors."""
+import json
+
 import pytest
 import timm
 import torch
@@ -165,6 +167,9 @@ def test_a_generic_models_run_folder_loads_through_local_dir_with_its_backbone(t
                                                                 std=(0.25,) * 3, crop_pct=1.0, interpolation='bilinear'))
     loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
     assert (loaded.backbone_name, tuple(loaded.pretrained_cfg['mean'])) == ('convnext_atto', (0.5,) * 3)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    # num_classes at the root only: transformers' TimmWrapper passes model_args and num_classes side by side
+    assert config['num_classes'] == loaded.num_classes == 3 and 'num_classes' not in config['model_args']
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -14,11 +14,11 @@ from ..models import FctNet
 
 
 def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
-    """The maps the classifier reads: every FCT module's output for an FCT model, else the last stage.
+    """The maps the classifier reads: every FCT module's output for an FCT model, else the last level.
 
-    An FCT model classifies the pooled FCT outputs; its last backbone stage reaches the logits only through
+    An FCT model classifies the pooled FCT outputs; its last backbone level reaches the logits only through
     the pooled global descriptor g, so Grad-CAM there would show the g path, not the modules. For a plain
-    network the last stage's maps are the finest that still carry class evidence (Figs. 4, 5).
+    network the last level's maps are the finest that still carry class evidence (Figs. 4, 5).
     """
     if isinstance(model, FctNet):
         return [model.fct_module(i) for i in model.fct_indices]
@@ -33,7 +33,7 @@ def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
 def gradcam_title(model: nn.Module) -> str:
     if isinstance(model, FctNet):
         return f'Grad-CAM on the {len(model.fct_indices)} FCT module outputs the classifier reads (their mean)'
-    return 'Grad-CAM on the last backbone stage'
+    return 'Grad-CAM on the last backbone level'
 
 
 def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The one writer of a timm model folder: config.json and model.safetensors as timm's `save_for_hf` writes them.
 
 train.py writes one into every run folder, the Hub export writes one for the chosen weights, and
-`timm.create_model('local-dir:PATH', pretrained=True)` (or 'hf-hub:' once pushed) reads it back.
+`timm.create_model('local-dir:PATH', pretrained=True)` (or 'hf-hub:' once pushed) reads it back, as does
+transformers' `AutoModelForImageClassification.from_pretrained(PATH)` (TimmWrapper) once timm_fct is imported.
 """
 import copy
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +45,7 @@ def write_model_folder(
     with tempfile.TemporaryDirectory(dir=folder, prefix='.model_folder.') as tmp:
         save_for_hf(model, tmp, model_config={'label_names': list(label_names)}, safe_serialization=True,
                     data_config=dict(data_config))
+        _num_classes_at_root_only(Path(tmp) / CONFIG)
         for name in (WEIGHTS, CONFIG):
             os.chmod(Path(tmp) / name, mode)
             os.replace(Path(tmp) / name, folder / name)
@@ -50,3 +53,12 @@ def write_model_folder(
 
 def _has_strided_weights(model: nn.Module) -> bool:
     return any(not t.is_contiguous() for t in model.state_dict().values())
+
+
+def _num_classes_at_root_only(config: Path) -> None:
+    """timm writes num_classes both at the root and in model_args; transformers' TimmWrapper passes both to
+    timm.create_model and fails ('multiple values for num_classes', any timm model, transformers 5.24). timm
+    reads the root's, so the copy in model_args goes, and the folder loads in both libraries."""
+    data = json.loads(config.read_text())
+    data.get('model_args', {}).pop('num_classes', None)
+    config.write_text(json.dumps(data, indent=2) + '\n')
