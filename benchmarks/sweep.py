@@ -13,11 +13,11 @@ Each failure is caught and recorded as `ErrorType: first line of the message`, s
 cannot work does not stop the sweep. One line of progress per architecture goes to stderr; the Markdown
 tables go to stdout, and with --out to OUT.md beside the full results in OUT.json.
 
-    python benchmarks/backbones.py                                   # the default list (DEFAULT_MODELS)
-    python benchmarks/backbones.py --models 'resnet*,densenet201'  # globs over the default list, any timm names
-    python benchmarks/backbones.py --models efficientnet_b0 --embed-dim 64          # another FCT width
-    python benchmarks/backbones.py --out output/sweep --device cuda
-    python benchmarks/backbones.py --table-from output/sweep.json     # the tables again, from saved results
+    python benchmarks/sweep.py                                   # the default list (DEFAULT_MODELS)
+    python benchmarks/sweep.py --models 'resnet*,densenet201'  # globs over the default list, any timm names
+    python benchmarks/sweep.py --models efficientnet_b0 --embed-dim 64          # another FCT width
+    python benchmarks/sweep.py --out output/sweep --device cuda
+    python benchmarks/sweep.py --table-from output/sweep.json     # the tables again, from saved results
 """
 import argparse
 import fnmatch

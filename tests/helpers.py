@@ -14,6 +14,7 @@ from timm_fct.models.fct import GENERIC_MODELS
 
 REPO = Path(__file__).parent.parent
 SMALL_MODEL = 'resnet18_fct_bn_cifar'  # the model of the machinery tests and of train.py's main job
+BEST_CHECKPOINT = 'model_best.pth.tar'  # the name timm's CheckpointSaver gives a run's best checkpoint
 OUR_MODULES = ('fct', 'resnet_cifar')
 
 

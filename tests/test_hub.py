@@ -23,11 +23,10 @@ from timm_fct.export.hub import NO_TOKEN, export, push, validate_export
 from timm_fct.runs.folder import RunFolder, RunInfo, read_checkpoint
 from timm_fct.runs.load import load_model
 
-from tests.helpers import SMALL_MODEL, assert_same_tensors, run_offline, write_hub_cache
+from tests.helpers import BEST_CHECKPOINT, SMALL_MODEL, assert_same_tensors, run_offline, write_hub_cache
 
 REPO_ID = 'org/fct-digits'
 TOKEN = 'hf_secret_test_token_0123456789'
-BEST = RunFolder.BEST
 EXPORTED_FILES = ['README.md', 'accuracy.png', 'config.json', 'confusion_matrix.png', 'model.safetensors']
 
 
@@ -72,9 +71,9 @@ WORSE = [(60.0, 90.0), (65.0, 92.0)]
 EMA_WINS = {'ema-wins': True, 'ema-loses': False}  # the doctored runs, and whether EMA evaluated better in each
 CARD_LINES = {  # weights, best top-1, best top-5, last top-1, last top-5; then which weights the card says it holds
     'ema-wins': ['| raw | 65.00 | 92.00 | 65.00 | 92.00 |', '| EMA (published) | 70.00 | 95.00 | 68.00 | 94.00 |',
-                 f'| Published weights | EMA weights of `{BEST}`'],
+                 f'| Published weights | EMA weights of `{BEST_CHECKPOINT}`'],
     'ema-loses': ['| raw (published) | 70.00 | 95.00 | 68.00 | 94.00 |', '| EMA | 65.00 | 92.00 | 65.00 | 92.00 |',
-                  f'| Published weights | raw weights of `{BEST}`'],
+                  f'| Published weights | raw weights of `{BEST_CHECKPOINT}`'],
 }
 
 
@@ -99,7 +98,7 @@ def doctored_run(run: Path, folder: Path, ema_wins: bool) -> Path:
 @pytest.fixture(scope='module')
 def checkpoint(small_run) -> dict:
     """The run's best checkpoint, whose raw and EMA weights must differ for the weight tests to tell them apart."""
-    ckpt = read_checkpoint(small_run / BEST)
+    ckpt = read_checkpoint(small_run / BEST_CHECKPOINT)
     raw, ema = ckpt['state_dict'], ckpt['state_dict_ema']
     assert any(not torch.equal(raw[k], ema[k]) for k in raw), 'EMA weights equal the raw ones'
     return ckpt
@@ -315,14 +314,14 @@ def _missing(run: Path, tmp: Path) -> Path:
 
 def _truncated(run: Path, tmp: Path) -> Path:
     copy = shutil.copytree(run, tmp / 'truncated-run')
-    data = (run / BEST).read_bytes()
-    (copy / BEST).write_bytes(data[:len(data) // 2])
+    data = (run / BEST_CHECKPOINT).read_bytes()
+    (copy / BEST_CHECKPOINT).write_bytes(data[:len(data) // 2])
     return copy
 
 
 def _other_architecture(run: Path, tmp: Path) -> Path:
     copy = shutil.copytree(run, tmp / 'other-arch-run')
-    torch.save({'state_dict': timm.create_model('resnet18_cifar').state_dict()}, copy / BEST)
+    torch.save({'state_dict': timm.create_model('resnet18_cifar').state_dict()}, copy / BEST_CHECKPOINT)
     return copy
 
 

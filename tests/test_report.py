@@ -24,12 +24,10 @@ from timm_fct.report import maps
 from timm_fct.report.metrics import Evaluation, compute_metrics
 from timm_fct.report.__main__ import main as report_main
 
-from timm_fct.runs.folder import RunFolder
 
-from tests.helpers import SMALL_MODEL
+from tests.helpers import BEST_CHECKPOINT, SMALL_MODEL
 
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
-BEST = RunFolder.BEST
 
 
 def fct_modules(model):
@@ -76,7 +74,7 @@ def test_cli_writes_the_whole_report_with_a_progress_bar(single_report, digits_r
     assert re.search(rf'evaluating {re.escape(digits_run.name)}: 100%\|.*\| (\d+)/\1', result.stderr), result.stderr
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['num_images'] == VALIDATION_IMAGES
-    epoch = torch.load(digits_run / BEST, map_location='cpu', weights_only=False)['epoch']
+    epoch = torch.load(digits_run / BEST_CHECKPOINT, map_location='cpu', weights_only=False)['epoch']
     assert (metrics['checkpoint_epoch'], metrics['weights']) in {(epoch, 'ema'), (epoch, 'raw')}
     # the same weights on the same images, preprocessed as the run recorded: the run's own accuracy
     assert metrics['top1'] == pytest.approx(run_evaluation(digits_run, epoch, metrics['weights']), abs=1e-3)
@@ -268,7 +266,7 @@ def test_failed_attention_extraction_leaves_the_model_fused():
 def truncated_checkpoint(digits_run: Path, tmp_path: Path) -> Path:
     path = tmp_path / 'broken' / 'model_best.pth.tar'
     path.parent.mkdir()
-    path.write_bytes((digits_run / BEST).read_bytes()[:4096])
+    path.write_bytes((digits_run / BEST_CHECKPOINT).read_bytes()[:4096])
     return path
 
 
