@@ -24,7 +24,6 @@ from timm_fct.report import maps
 from timm_fct.report.metrics import Evaluation, compute_metrics
 from timm_fct.report.__main__ import main as report_main
 
-
 from tests.helpers import BEST_CHECKPOINT, SMALL_MODEL
 
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
