@@ -22,7 +22,7 @@ Batches = List[Tuple[torch.Tensor, torch.Tensor]]
 
 class IndexedImages(Dataset):
     """n random RGB images of SIZE px (the pipelines' geometry leaves them as they are) whose target is their
-    index, so a batch's targets say which images it holds; every pixel differs, so any misplaced one shows.
+    index, so a batch's targets say which images it holds; random pixels, so a misplaced one shows.
     With one_image, n copies of one image: a batch then shows the augmentation alone, not the order."""
 
     def __init__(self, n: int, one_image: bool = False):
@@ -38,7 +38,7 @@ class IndexedImages(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Tuple[object, int]:
         img = self.image(index)
         return (img if self.transform is None else self.transform(img)), self.targets[index]
 
