@@ -81,17 +81,6 @@ def epoch(loader, seed, e):
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
-def test_epochs_replay_exactly_from_the_seed_and_differ_between_epochs():
-    images, targets = coordinates(100), torch.arange(100)
-    a = epoch(loader_for(images, targets, train=True, padding=2, hflip=0.5), 0, 3)
-    b = epoch(loader_for(images, targets, train=True, padding=2, hflip=0.5), 0, 3)  # a fresh process after resume
-    assert len(a) == len(b) == 3  # 100 // 32, the incomplete batch dropped as in training
-    for (xa, ya), (xb, yb) in zip(a, b):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    c = epoch(loader_for(images, targets, train=True, padding=2, hflip=0.5), 0, 4)
-    assert not torch.equal(a[0][1], c[0][1])
-
-
 def test_training_shards_partition_a_global_batch_and_evaluation_covers_every_image_once():
     images, targets = coordinates(130), torch.arange(130)
     one = epoch(loader_for(images, targets, train=True), 7, 0)

@@ -46,14 +46,16 @@ def build_pil_loaders(args: argparse.Namespace, train_ds: Dataset,
             interpolation=args.interpolation, no_aug=False)
     eval_ds.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct, args.interpolation)
     if args.distributed:
-        train_sampler = DistributedSampler(train_ds, shuffle=True, seed=args.seed, drop_last=True)
+        train_sampler = DistributedSampler(train_ds, num_replicas=args.world_size, rank=args.rank, shuffle=True,
+                                           seed=args.seed, drop_last=True)
         eval_ds = Subset(eval_ds, range(args.rank, len(eval_ds), args.world_size))
     else:
         train_sampler = RandomSampler(train_ds, generator=torch.Generator())
     # workers restart each epoch and take their seeds from the per-epoch seed, so a resume replays exactly
     common = dict(num_workers=args.workers, pin_memory=args.pin_mem)
+    # drop the incomplete batch only when the rank's shard has a full one, as TensorLoader does
     train_loader = DataLoader(
-        train_ds, batch_size=args.batch_size, sampler=train_sampler, drop_last=len(train_ds) > args.batch_size,
+        train_ds, batch_size=args.batch_size, sampler=train_sampler, drop_last=len(train_sampler) > args.batch_size,
         **common)
     eval_loader = DataLoader(eval_ds, batch_size=args.batch_size, shuffle=False, **common)
     return train_loader, eval_loader
