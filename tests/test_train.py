@@ -411,8 +411,8 @@ def test_sharded_evaluation_of_an_odd_count_counts_every_image_once(tmp_path):
     top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item() * 100
     for pipeline, metrics in results.items():
         assert metrics['images'] == ODD_EVAL_IMAGES, pipeline
-        assert metrics['top1'] == pytest.approx(top1(logits, y), abs=1e-9), pipeline
-        assert metrics['top5'] == pytest.approx(top5, abs=1e-9), pipeline
+        assert metrics['top1'] == pytest.approx(top1(logits, y), abs=1e-4), pipeline  # one image is 4.8
+        assert metrics['top5'] == pytest.approx(top5, abs=1e-4), pipeline
         assert metrics['loss'] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5), pipeline
 
 
