@@ -83,3 +83,30 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
     assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
     for k, v in backbone.items():
         torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+
+
+def resolved(*flags: str):
+    args = parse_args(['--device', 'cpu', *flags])
+    args.distributed, args.world_size, args.rank, args.local_rank = False, 1, 0, 0
+    resolve_args(args)
+    return args
+
+
+def test_defaults_on_cifar_are_the_papers_recipe_as_documented():
+    """train.py's docstring (Sec. 4 of the paper): Adam at lr 0.01, weight decay 1e-4, batch 128, OneCycleLR,
+    clipping at norm 1, 4-pixel pad-and-crop and horizontal flips, 200 epochs."""
+    args = resolved('--dataset', 'torch/cifar10', '--data-dir', str(REPO / 'data'))
+    assert (args.opt, args.lr, args.weight_decay, args.batch_size) == ('adam', 0.01, 1e-4, 128)
+    assert (args.sched, args.clip_grad, args.clip_mode, args.epochs) == ('onecycle', 1.0, 'norm', 200)
+    assert (args.pad_crop, args.hflip, args.vflip, args.smoothing) == (4, 0.5, 0.0, 0.0)
+    assert args.pipeline == 'memory'
+
+
+@pytest.mark.parametrize('flags,lr', [
+    (('-b', '32'), 0.01 * 32 / 128),  # linear in the global batch, timm's default rule
+    (('-b', '32', '--lr-base-scale', 'sqrt'), 0.01 * (32 / 128) ** 0.5),
+    (('-b', '32', '--lr-base', '0.1', '--lr-base-size', '64'), 0.1 * 32 / 64),
+    (('-b', '32', '--lr', '0.003'), 0.003),  # an explicit --lr is not scaled
+])
+def test_learning_rate_follows_the_scaling_flags(flags, lr):
+    assert resolved(*flags).lr == pytest.approx(lr, rel=1e-12)
