@@ -110,3 +110,24 @@ def test_defaults_on_cifar_are_the_papers_recipe_as_documented():
 ])
 def test_learning_rate_follows_the_scaling_flags(flags, lr):
     assert resolved(*flags).lr == pytest.approx(lr, rel=1e-12)
+
+
+@pytest.mark.parametrize('changed,named', [
+    (('--model-kwargs', 'embed_dim=64'), "--model-kwargs {'embed_dim': 64} (the run has {'embed_dim': 32})"),
+    (('--img-size', '12'), '--img-size 12 (the run has 8)'),
+    (('--crop-pct', '0.8'), '--crop-pct 0.8 (the run has None)'),
+    (('--interpolation', 'bicubic'), "--interpolation 'bicubic' (the run has '')"),
+    (('--pretrained',), '--pretrained True (the run has False)'),
+    (('--drop-path', '0.1'), '--drop-path 0.1 (the run has None)'),
+])
+def test_resume_refuses_a_changed_model_or_preprocessing_flag(changed, named):
+    """A checkpoint's run keeps its model and preprocessing: --resume with any of them changed is refused, naming
+    the flag, its new value and the run's, before any weights are loaded."""
+    from timm_fct.errors import FctError
+    from timm_fct.train.resume import check_resume
+    ckpt = {'arch': 'resnet18_fct_bn_cifar',
+            'args': parse_args(list(TINY)), 'state_dict': {}}
+    args = parse_args([*TINY, *changed, '--resume', 'run/last.pth.tar'])
+    with pytest.raises(FctError, match='a resumed run keeps its model and preprocessing') as e:
+        check_resume(ckpt, args, model=None)
+    assert named in str(e.value)
