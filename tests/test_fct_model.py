@@ -334,7 +334,12 @@ def test_too_small_for_imagenet_stem():
 @pytest.mark.parametrize('kwargs,match', [
     (dict(norm='gn'), r"norm must be one of \['bn', 'ln'\], got 'gn'"),
     (dict(taps=(1, 4)), r'levels of resnet18_cifar before its last, in 0\.\.3 \(5 levels'),
-    (dict(taps=(3, 1)), 'increasing'),
+    (dict(taps=(3, 1)), r'increasing .* got \(3, 1\)'),
+    (dict(taps=(1, 1)), r'increasing .* got \(1, 1\)'),  # one level tapped twice
+    (dict(taps=(1, 2, 2, 3)), r'increasing .* got \(1, 2, 2, 3\)'),
+    (dict(taps=(-1, 2)), r'in 0\.\.3 .* got \(-1, 2\)'),  # Python's last-level index is not a level before the last
+    (dict(taps=(2, 4)), r'before its last, in 0\.\.3 .* got \(2, 4\)'),  # the last level gives g
+    (dict(taps=()), r'in 0\.\.3 .* got \(\)'),
     (dict(taps=(1, 9)), r'levels of resnet18_cifar before its last, in 0\.\.3 \(5 levels'),
     (dict(embed_dim=96, num_heads=5), r'embed_dim \(96\) must be divisible by num_heads \(5\)'),
 ])

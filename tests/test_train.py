@@ -244,6 +244,39 @@ sys.exit(train.main(sys.argv[1:]))
     assert not list(run.glob('.*'))
 
 
+def test_infinite_loss_stops_the_run_like_nan_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """A +inf loss (an overflow, not a NaN) from update NAN_AFTER on: exit code 3 within one log interval, epoch 1's
+    checkpoint and summary kept."""
+    import timm.task
+    import train
+    forward = timm.task.ClassificationTask.forward
+    calls = [0]
+
+    def overflowing(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls[0] += 1
+            if calls[0] >= NAN_AFTER:
+                out['loss'] = out['loss'] * 0 + float('inf')
+        return out
+
+    monkeypatch.setattr(timm.task.ClassificationTask, 'forward', overflowing)
+    interval = 5
+    rc = train.main(['--no-progress', '--epochs', '2', *QUICK, '--log-interval', str(interval),
+                     '--output', str(tmp_path), '--experiment', 'run'])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    errors = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and errors[0].startswith('error: the loss became inf at epoch 2, by update ')
+    assert 'Traceback' not in err
+    stopped_at = int(errors[0].split('by update ')[1].split(';')[0])
+    assert NAN_AFTER <= stopped_at < NAN_AFTER + interval
+    run = tmp_path / 'run'
+    assert len(summary_rows(run)) == 1
+    assert read_state(run / 'last.pth.tar')['epoch'] == 0
+    assert not list(run.glob('.*'))
+
+
 def test_resume_with_other_preprocessing_is_refused_and_changes_nothing(tmp_path):
     first = run_train('--epochs', '2', *QUICK, '--output', str(tmp_path), '--experiment', 'run')
     assert first.returncode == 0, first.stderr
@@ -305,6 +338,82 @@ def test_sharded_evaluation_counts_every_image_once(tmp_path):
     logits, y = validation_logits(run, read_state(run / 'last.pth.tar')['state_dict'])
     assert float(row['eval_top1']) == pytest.approx(top1(logits, y), abs=1e-3)
     assert float(row['eval_loss']) == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+
+
+ODD_EVAL_IMAGES = 21  # with -b 2 on two ranks: 11 images in 6 batches and 10 in 5
+
+
+def tiny_classifier() -> torch.nn.Module:
+    """The same weights in every process: a linear classifier of the 8 px digits."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+
+
+def odd_digits(split: str) -> DigitsDataset:
+    ds = DigitsDataset(split)
+    ds.images, ds.targets = ds.images[:ODD_EVAL_IMAGES], ds.targets[:ODD_EVAL_IMAGES]
+    return ds
+
+
+def _sharded_eval_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    """train.py's own path on one rank: distributed init, loaders of each pipeline, train.evaluate."""
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from timm.task import ClassificationTask
+    from timm.utils import init_distributed_device
+    import train
+    from timm_fct.data.loaders import build_loaders
+    from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+    results = {}
+    for pipeline in ('memory', 'pil'):
+        args = parse_args(['--img-size', '8', '-b', '2', '--device', 'cpu', '--pipeline', pipeline])
+        if not dist.is_initialized():
+            init_distributed_device(args)
+        else:
+            args.distributed, args.world_size, args.rank, args.local_rank = True, world_size, rank, rank
+        resolve_args(args)
+        model = tiny_classifier()
+        resolve_preprocessing(args, model)
+        loaders = build_loaders(args, odd_digits('train'), odd_digits('validation'))
+        task = ClassificationTask(model, device=args.device, verbose=False)
+        evaluators = []
+        create = task.create_evaluator
+        task.create_evaluator = lambda **kw: evaluators.append(create(**kw)) or evaluators[-1]
+        metrics = train.evaluate(args, train.Training(task, None, None, None, *loaders), progress=False)
+        counted = evaluators[0].counts[:1].clone()
+        dist.all_reduce(counted)
+        results[pipeline] = dict(metrics, images=int(counted.item()), mean=args.mean, std=args.std)
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def test_sharded_evaluation_of_an_odd_count_counts_every_image_once(tmp_path):
+    """Two ranks evaluate 21 images (11 + 10, so one rank runs a batch more) through either pipeline; the
+    summed metrics are those of one plain pass over all 21, and 21 images were counted, not 20 or 22."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    out = tmp_path / 'metrics.json'
+    mp.spawn(_sharded_eval_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    results = json.loads(out.read_text())
+
+    from timm_fct.data.datasets import DIGITS_MEAN, DIGITS_STD
+    ds = odd_digits('validation')
+    ds.transform = eval_transform(8, DIGITS_MEAN, DIGITS_STD, 1.0)
+    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+    with torch.no_grad():
+        logits = tiny_classifier()(x)
+    top5 = (logits.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item() * 100
+    for pipeline, metrics in results.items():
+        assert metrics['images'] == ODD_EVAL_IMAGES, pipeline
+        assert metrics['top1'] == pytest.approx(top1(logits, y), abs=1e-4), pipeline  # one image is 4.8
+        assert metrics['top5'] == pytest.approx(top5, abs=1e-4), pipeline
+        assert metrics['loss'] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5), pipeline
 
 
 def test_one_host_sync_per_log_interval(monkeypatch, tmp_path):
@@ -424,3 +533,69 @@ def test_weight_decay_exempts_norms_and_biases_unless_told(flag, decayed):
     assert sum(len(g['params']) for g in optimizer.param_groups) == len(list(model.parameters()))
     assert all(id(p) in decay for p in model.parameters() if p.ndim > 1)
     assert all((id(p) in decay) == (decayed == 'everything') for p in one_d)
+
+
+def test_dashed_yaml_keys_set_their_flags(tmp_path):
+    """A config written with the flags' own spelling (weight-decay, as on the command line) sets them, as the
+    underscored keys (timm's argparse dests) do; the command line still wins."""
+    from timm_fct.train.args import parse_args
+    from train import build_optimizer
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text('weight-decay: 0.5\nbatch-size: 32\nmodel-ema-decay: 0.99\n')
+    args = parse_args(['-c', str(cfg), '--lr', '0.01'])
+    assert (args.weight_decay, args.batch_size, args.model_ema_decay) == (0.5, 32, 0.99)
+    optimizer = build_optimizer(args, timm.create_model('resnet18_fct_bn_cifar'))
+    assert {g['weight_decay'] for g in optimizer.param_groups} == {0.0, 0.5}  # norms and biases exempt
+    assert parse_args(['-c', str(cfg), '--weight-decay', '0.1']).weight_decay == 0.1
+
+
+def test_a_yaml_key_given_twice_in_two_spellings_is_refused(tmp_path):
+    """Which of the two would win is YAML's order, invisible to the user: neither does."""
+    from timm_fct.errors import FctError
+    from timm_fct.train.args import parse_args
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text('weight_decay: 0.5\nweight-decay: 0.1\n')
+    with pytest.raises(FctError, match=r"sets weight_decay twice \('weight-decay', 'weight_decay'\)"):
+        parse_args(['-c', str(cfg)])
+
+
+def test_duplicate_taps_on_the_command_line_are_one_error_line(tmp_path, capsys):
+    import train
+    argv = ['--epochs', '1', '--img-size', '8', '-b', '64', '--model-kwargs', 'embed_dim=32', 'taps=(1, 1)']
+    assert train.main([*argv, '--output', str(tmp_path)]) == 2  # a tiny run, were the taps accepted
+    err = capsys.readouterr().err
+    assert err.startswith('error: --model-kwargs not accepted by resnet18_fct_bn_cifar: taps must be increasing')
+    assert 'got (1, 1)' in err and 'Traceback' not in err
+    assert not any(tmp_path.iterdir())
+
+
+def two_by_two_blocks(images: torch.Tensor) -> bool:
+    """Each image is constant on 2x2 blocks at some row and column phase: an 8 px image upsampled 2x with
+    nearest-neighbour interpolation, then shifted by a crop (bilinear would blend neighbouring pixels)."""
+    def constant_pairs(x: torch.Tensor, dim: int, phase: int) -> bool:
+        n = (x.shape[dim] - phase) // 2 * 2
+        x = x.narrow(dim, phase, n)
+        return torch.equal(x.index_select(dim, torch.arange(0, n, 2)), x.index_select(dim, torch.arange(1, n, 2)))
+    return all(any(constant_pairs(img, 1, p) for p in (0, 1)) and any(constant_pairs(img, 2, p) for p in (0, 1))
+               for img in images)
+
+
+@pytest.mark.parametrize('pipeline', ['memory', 'pil'])
+def test_interpolation_applies_to_training_images_as_to_evaluation(pipeline):
+    """--interpolation nearest: the 8 px digits upsampled to 16 px are 2x2 blocks in training batches (after the
+    pad-and-crop) and evaluation batches alike; a training resize left at bilinear blends them."""
+    from timm_fct.data.loaders import build_loaders
+    from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+    args = parse_args(['--img-size', '16', '--interpolation', 'nearest', '--pad-crop', '2', '-b', '32',
+                       '--pipeline', pipeline, '--device', 'cpu'])
+    args.distributed, args.world_size, args.rank = False, 1, 0
+    resolve_args(args)
+    resolve_preprocessing(args, timm.create_model('resnet18_fct_bn_cifar'))
+    train_loader, eval_loader = build_loaders(args, DigitsDataset('train'), DigitsDataset('validation'))
+    if pipeline == 'memory':
+        train_loader.set_epoch(args.seed, 0)
+    x_train, _ = next(iter(train_loader))
+    x_eval, _ = next(iter(eval_loader))
+    assert x_train.shape[-2:] == x_eval.shape[-2:] == (16, 16)
+    assert two_by_two_blocks(x_eval)
+    assert two_by_two_blocks(x_train)

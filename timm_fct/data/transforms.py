@@ -2,13 +2,14 @@
 from typing import Callable, Sequence
 
 from timm.data import create_transform
-from timm.data.transforms import MaybeToTensor
+from timm.data.transforms import MaybeToTensor, str_to_interp_mode
 from torchvision import transforms
 
 
-def train_geometry(img_size: int) -> Callable:
-    """What a training image goes through before the random augmentation: resized to img_size."""
-    return transforms.Resize(img_size)
+def train_geometry(img_size: int, interpolation: str = 'bilinear') -> Callable:
+    """What a training image goes through before the random augmentation: resized to img_size with the
+    run's interpolation, the one its evaluation resizes with."""
+    return transforms.Resize(img_size, interpolation=str_to_interp_mode(interpolation or 'bilinear'))
 
 
 def pad_crop_flip_transform(
@@ -18,9 +19,11 @@ def pad_crop_flip_transform(
         padding: int = 4,
         hflip: float = 0.5,
         vflip: float = 0.,
+        interpolation: str = 'bilinear',
 ) -> Callable:
     """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, flips with the given probabilities."""
-    steps = [train_geometry(img_size), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
+    steps = [train_geometry(img_size, interpolation),
+             transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
     if hflip > 0:
         steps.append(transforms.RandomHorizontalFlip(hflip))
     if vflip > 0:

@@ -162,6 +162,14 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     if unknown:
         raise FctError(f'config file {path} has unknown keys {unknown}; keys are flag names, e.g. '
                           f'batch_size, lr, model, epochs')
+    spellings: Dict[str, list] = {}
+    for k in cfg:
+        spellings.setdefault(k.replace('-', '_'), []).append(k)
+    twice = [(dest, sorted(keys)) for dest, keys in spellings.items() if len(keys) > 1]
+    if twice:
+        dest, keys = twice[0]
+        raise FctError(f'config file {path} sets {dest} twice ({", ".join(map(repr, keys))}); keep one of them')
+    # the flags' dashed spelling (weight-decay) or the argparse dest (weight_decay, as timm's configs use)
     return {k.replace('-', '_'): v for k, v in cfg.items()}
 
 

@@ -1,0 +1,133 @@
+"""train.py flags that are parsed but could silently go unapplied: each checked where it acts, in-process."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import train
+from tests.helpers import REPO, run_offline
+from tests.test_pretrained import backbone_hub_cache
+from timm_fct.train.args import parse_args, resolve_args
+
+TINY = ('--epochs', '1', '--img-size', '8', '-b', '64', '--model-kwargs', 'embed_dim=32')
+
+
+def model_from_flags(*flags: str) -> torch.nn.Module:
+    """train.py's model for these flags, on the digits' 10 classes."""
+    args = parse_args(list(flags))
+    args.num_classes = 10
+    return train.build_model(args)
+
+
+def training_outputs_differ(model: torch.nn.Module) -> bool:
+    """Two forward passes of one batch in training mode: equal unless something random (dropout) acts."""
+    model.train()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize('flag', ['--drop', '--drop-path'])
+def test_drop_flags_reach_the_model(flag):
+    """--drop (dropout before the classifier) and --drop-path (stochastic depth) make training passes random;
+    without them the same batch gives the same logits twice."""
+    assert not training_outputs_differ(model_from_flags('--model-kwargs', 'embed_dim=32'))
+    assert training_outputs_differ(model_from_flags(flag, '0.5', '--model-kwargs', 'embed_dim=32'))
+
+
+def test_label_smoothing_reaches_the_training_loss():
+    """--smoothing 0.2: the loss train.py optimises is PyTorch's cross-entropy with label_smoothing=0.2."""
+    args = parse_args(['--smoothing', '0.2', '--device', 'cpu', '--model-kwargs', 'embed_dim=32'])
+    args.distributed, args.world_size, args.rank, args.local_rank = False, 1, 0, 0
+    resolve_args(args)
+    args.num_classes = 10
+    model = train.build_model(args)
+    training, _ = train.build_training(args, model, ([None] * 3, [None]), resume=None)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8)
+    training.task.train()
+    with torch.no_grad():
+        loss = training.task(x, y)['loss']
+        expected = F.cross_entropy(model(x), y, label_smoothing=0.2)
+        assert not torch.allclose(expected, F.cross_entropy(model(x), y)), 'smoothing must change the loss here'
+    torch.testing.assert_close(loss, expected)
+
+
+def test_num_classes_that_disagree_with_the_dataset_are_refused(tmp_path, capsys):
+    assert train.main([*TINY, '--num-classes', '5', '--output', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --num-classes 5 but the dataset has 10 classes')
+    assert not any(tmp_path.iterdir())
+
+
+def test_pretrained_flag_loads_the_backbone_weights(tmp_path):
+    """train.py --pretrained --model resnet18_fct_bn: the backbone holds the ImageNet weights (offline cache)."""
+    hf_home, weights_file = backbone_hub_cache(tmp_path / 'hf_home', 'resnet18')
+    out = tmp_path / 'loaded.safetensors'
+    result = run_offline(hf_home, f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import train
+from safetensors.torch import save_file
+from timm_fct.train.args import parse_args
+args = parse_args(['--model', 'resnet18_fct_bn', '--pretrained'])
+args.num_classes = 10
+model = train.build_model(args)
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
+""")
+    assert result.returncode == 0, result.stderr[-3000:]
+    hub = load_file(str(weights_file))
+    loaded = load_file(str(out))
+    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
+    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
+    for k, v in backbone.items():
+        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+
+
+def resolved(*flags: str):
+    args = parse_args(['--device', 'cpu', *flags])
+    args.distributed, args.world_size, args.rank, args.local_rank = False, 1, 0, 0
+    resolve_args(args)
+    return args
+
+
+def test_defaults_on_cifar_are_the_papers_recipe_as_documented():
+    """train.py's docstring (Sec. 4 of the paper): Adam at lr 0.01, weight decay 1e-4, batch 128, OneCycleLR,
+    clipping at norm 1, 4-pixel pad-and-crop and horizontal flips, 200 epochs."""
+    args = resolved('--dataset', 'torch/cifar10', '--data-dir', str(REPO / 'data'))
+    assert (args.opt, args.lr, args.weight_decay, args.batch_size) == ('adam', 0.01, 1e-4, 128)
+    assert (args.sched, args.clip_grad, args.clip_mode, args.epochs) == ('onecycle', 1.0, 'norm', 200)
+    assert (args.pad_crop, args.hflip, args.vflip, args.smoothing) == (4, 0.5, 0.0, 0.0)
+    assert args.pipeline == 'memory'
+
+
+@pytest.mark.parametrize('flags,lr', [
+    (('-b', '32'), 0.01 * 32 / 128),  # linear in the global batch, timm's default rule
+    (('-b', '32', '--lr-base-scale', 'sqrt'), 0.01 * (32 / 128) ** 0.5),
+    (('-b', '32', '--lr-base', '0.1', '--lr-base-size', '64'), 0.1 * 32 / 64),
+    (('-b', '32', '--lr', '0.003'), 0.003),  # an explicit --lr is not scaled
+])
+def test_learning_rate_follows_the_scaling_flags(flags, lr):
+    assert resolved(*flags).lr == pytest.approx(lr, rel=1e-12)
+
+
+@pytest.mark.parametrize('changed,named', [
+    (('--model-kwargs', 'embed_dim=64'), "--model-kwargs {'embed_dim': 64} (the run has {'embed_dim': 32})"),
+    (('--img-size', '12'), '--img-size 12 (the run has 8)'),
+    (('--crop-pct', '0.8'), '--crop-pct 0.8 (the run has None)'),
+    (('--interpolation', 'bicubic'), "--interpolation 'bicubic' (the run has '')"),
+    (('--pretrained',), '--pretrained True (the run has False)'),
+    (('--drop-path', '0.1'), '--drop-path 0.1 (the run has None)'),
+])
+def test_resume_refuses_a_changed_model_or_preprocessing_flag(changed, named):
+    """A checkpoint's run keeps its model and preprocessing: --resume with any of them changed is refused, naming
+    the flag, its new value and the run's, before any weights are loaded."""
+    from timm_fct.errors import FctError
+    from timm_fct.train.resume import check_resume
+    ckpt = {'arch': 'resnet18_fct_bn_cifar',
+            'args': parse_args(list(TINY)), 'state_dict': {}}
+    args = parse_args([*TINY, *changed, '--resume', 'run/last.pth.tar'])
+    with pytest.raises(FctError, match='a resumed run keeps its model and preprocessing') as e:
+        check_resume(ckpt, args, model=None)
+    assert named in str(e.value)
