@@ -27,7 +27,8 @@ def build_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset)
 def build_memory_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[TensorLoader, ...]:
     common = dict(batch_size=args.batch_size, mean=args.mean, std=args.std, device=args.device, rank=args.rank,
                   world_size=args.world_size)
-    train_images, train_targets = preload(train_ds, train_geometry(args.img_size), 'preloading train')
+    train_images, train_targets = preload(
+        train_ds, train_geometry(args.img_size, args.interpolation), 'preloading train')
     eval_images, eval_targets = preload(
         eval_ds, eval_geometry(args.img_size, args.crop_pct, args.interpolation), 'preloading eval')
     train_loader = TensorLoader(train_images, train_targets, train=True, padding=args.pad_crop, hflip=args.hflip,
@@ -39,7 +40,8 @@ def build_pil_loaders(args: argparse.Namespace, train_ds: Dataset,
                       eval_ds: Dataset) -> Tuple[DataLoader, DataLoader]:
     if args.pad_crop > 0:
         train_ds.transform = pad_crop_flip_transform(
-            args.img_size, args.mean, args.std, padding=args.pad_crop, hflip=args.hflip, vflip=args.vflip)
+            args.img_size, args.mean, args.std, padding=args.pad_crop, hflip=args.hflip, vflip=args.vflip,
+            interpolation=args.interpolation)
     else:
         train_ds.transform = timm.data.create_transform(
             args.img_size, is_training=True, hflip=args.hflip, vflip=args.vflip, mean=args.mean, std=args.std,

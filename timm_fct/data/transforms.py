@@ -2,13 +2,17 @@
 from typing import Callable, Sequence
 
 from timm.data import create_transform
-from timm.data.transforms import MaybeToTensor
+from timm.data.transforms import MaybeToTensor, str_to_interp_mode
 from torchvision import transforms
 
 
-def train_geometry(img_size: int) -> Callable:
-    """What a training image goes through before the random augmentation: resized to img_size."""
-    return transforms.Resize(img_size)
+def train_geometry(img_size: int, interpolation: str = 'bilinear') -> Callable:
+    """What a training image goes through before the random augmentation: resized to img_size.
+
+    `interpolation` is the run's (--interpolation, else the model's pretrained_cfg), the one eval_transform
+    resizes with: training and evaluation images are upsampled alike (32 -> 128 px on the pre-trained row).
+    """
+    return transforms.Resize(img_size, interpolation=str_to_interp_mode(interpolation))
 
 
 def pad_crop_flip_transform(
@@ -18,9 +22,12 @@ def pad_crop_flip_transform(
         padding: int = 4,
         hflip: float = 0.5,
         vflip: float = 0.,
+        interpolation: str = 'bilinear',
 ) -> Callable:
-    """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, flips with the given probabilities."""
-    steps = [train_geometry(img_size), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
+    """Pad-and-crop plus flips, our reading of the paper's "random cropping, padding, or flipping" (Sec. 4;
+    the padding width is ours, docs/decisions.md): resize with the run's interpolation, pad by `padding`
+    pixels, random crop back, flips with the given probabilities."""
+    steps = [train_geometry(img_size, interpolation), transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
     if hflip > 0:
         steps.append(transforms.RandomHorizontalFlip(hflip))
     if vflip > 0:
