@@ -367,6 +367,7 @@ class FctNet(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
         self.fct.apply(_init_fct_weights)
+        _init_classifier(self.head.fc)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Tuple]:
@@ -386,6 +387,7 @@ class FctNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
+        _init_classifier(self.head.fc)
 
     @torch.jit.ignore
     def fct_taps(self) -> Dict[int, int]:
@@ -530,6 +532,16 @@ def _init_fct_weights(module: nn.Module) -> None:
         return
     if module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def _init_classifier(fc: nn.Module) -> None:
+    """The paper's Kaiming normal for the classifier too ("we initialise the model using the Kaiming normal
+    initialiser"): fan-in, gain 1 (no ReLU follows the logits; docs/decisions.md), bias zero. Identity (no
+    classifier) is left alone. Only the values change, not the parameters, so checkpoints load as before."""
+    if isinstance(fc, nn.Linear):
+        nn.init.kaiming_normal_(fc.weight, mode='fan_in', nonlinearity='linear')
+        if fc.bias is not None:
+            nn.init.zeros_(fc.bias)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> Dict[str, torch.Tensor]:
