@@ -77,7 +77,8 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
     if args.sched == 'onecycle':
         return OneCycleScheduler(
             optimizer, args.lr, args.epochs * updates_per_epoch, pct_start=args.pct_start,
-            div_factor=args.div_factor, final_div_factor=args.final_div_factor)
+            div_factor=args.div_factor, final_div_factor=args.final_div_factor,
+            three_phase=args.onecycle_three_phase)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)

@@ -92,6 +92,9 @@ def add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--div-factor', type=float, default=25.0, help='onecycle: starting lr = lr / div-factor')
     group.add_argument('--final-div-factor', type=float, default=1e4,
                        help='onecycle: final lr = starting lr / final-div-factor')
+    group.add_argument('--onecycle-three-phase', action='store_true', default=False,
+                       help="onecycle: Smith and Topin's linear three-phase cycle (OneCycleLR(three_phase=True, "
+                            "anneal_strategy='linear')) instead of OneCycleLR's default two cosine phases")
     group.add_argument('--warmup-epochs', type=int, default=0, help='other schedulers: warmup epochs')
     group.add_argument('--warmup-lr', type=float, default=1e-5)
     group.add_argument('--min-lr', type=float, default=0.0)
