@@ -30,6 +30,7 @@ def test_registry_lists_the_family():
         assert name in names
     assert set(timm.list_pretrained('*fct*')) == {
         *(f'resnet{d}_fct_{n}.a1_in1k_backbone' for d in ('18', '50') for n in ('bn', 'ln')),
+        *(f'resnet50_fct_{n}.tv_in1k_backbone' for n in ('bn', 'ln')),
         *(f'convnext_tiny_fct_{n}.fb_in1k_backbone' for n in ('bn', 'ln')),
         *(f'efficientnet_b0_fct_{n}.ra_in1k_backbone' for n in ('bn', 'ln'))}
 

@@ -646,6 +646,9 @@ default_cfgs = generate_default_cfgs({
     'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
     'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
     'resnet50_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
+    # torchvision's original ImageNet ResNet-50 weights (bilinear, crop 0.875): the pre-trained row's alternative
+    'resnet50_fct_bn.tv_in1k_backbone': _backbone_cfg('resnet50.tv_in1k'),
+    'resnet50_fct_ln.tv_in1k_backbone': _backbone_cfg('resnet50.tv_in1k'),
     'convnext_tiny_fct_bn.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
     'convnext_tiny_fct_ln.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
     'efficientnet_b0_fct_bn.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),
