@@ -227,11 +227,12 @@ def start_run(args: argparse.Namespace, model: torch.nn.Module, labels: List[str
 
 
 def train(args: argparse.Namespace, model: torch.nn.Module, training: Training, start_epoch: int,
-          run: Optional[RunRecord], saver: Optional[CheckpointSaver]) -> Optional[Tuple[float, int]]:
-    """The epochs from start_epoch; the primary process records each and keeps the best weights."""
+          run: Optional[RunRecord], saver: Optional[CheckpointSaver]) -> Tuple[Optional[Tuple[float, int]], float]:
+    """The epochs from start_epoch; the primary process records each and keeps the best weights.
+    Returns the best (metric, epoch), None on other processes, and the last epoch's top-1."""
     progress = run is not None and not args.no_progress
     num_updates = start_epoch * len(training.train_loader)
-    best = None
+    best, last_top1 = None, float('nan')
     for epoch in range(start_epoch, args.epochs):
         start = time.time()
         set_epoch_seed(args, training.train_loader, epoch)
@@ -240,6 +241,7 @@ def train(args: argparse.Namespace, model: torch.nn.Module, training: Training, 
         check_replicas_in_sync(args, model)
         metrics = evaluate(args, training, progress)
         ema = evaluate(args, training, progress, ema=True) if args.model_ema else None
+        last_top1 = max(metrics['top1'], ema['top1'] if ema else -1.0)
         if run is None:
             continue
         epoch_time = time.time() - start
@@ -249,7 +251,7 @@ def train(args: argparse.Namespace, model: torch.nn.Module, training: Training, 
         ema_text = f", ema top-1 {ema['top1']:.2f}" if ema else ''
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, eval loss {metrics['loss']:.4f}, "
               f"top-1 {metrics['top1']:.2f}, top-5 {metrics['top5']:.2f}{ema_text} ({epoch_time:.1f}s)", flush=True)
-    return best
+    return best, last_top1
 
 
 def train_command(argv: Optional[Sequence[str]] = None) -> int:
@@ -276,10 +278,12 @@ def train_command(argv: Optional[Sequence[str]] = None) -> int:
         print(f'training {args.model} on {args.dataset or args.data_dir} ({len(train_ds)} train / '
               f'{len(eval_ds)} eval images, {args.num_classes} classes) at {args.img_size}px for {args.epochs} '
               f'epochs on {args.world_size} x {args.device.type}; run folder {run.path}', flush=True)
-    best = train(args, model, training, start_epoch, run, saver)
+    best, last_top1 = train(args, model, training, start_epoch, run, saver)
     if best is not None:
-        print(f'best top-1 {best[0]:.2f} at epoch {best[1] + 1}; checkpoints {run.path / RunFolder.BEST}, '
-              f'{run.path / RunFolder.LAST}, weights {run.path / RunFolder.WEIGHTS}')
+        # the best epoch is chosen on the split it is scored on, so its top-1 is biased upwards; the last is not
+        print(f'best top-1 {best[0]:.2f} at epoch {best[1] + 1} (chosen on this evaluation split), last-epoch '
+              f'top-1 {last_top1:.2f}; checkpoints {run.path / RunFolder.BEST}, {run.path / RunFolder.LAST}, '
+              f'weights {run.path / RunFolder.WEIGHTS}')
     if args.distributed:
         print(f'rank {args.rank}: replicas in sync across {args.world_size} processes', flush=True)
         dist.destroy_process_group()
