@@ -1,7 +1,7 @@
 """PyTorch's OneCycleLR behind timm's scheduler calls, stepped once per optimizer update.
 
-The paper trains with cyclical learning rates (Smith and Topin's super-convergence): OneCycleLR warms the
-learning rate up along a cosine and anneals it down, and cycles the momentum (Adam's beta1) the other way,
+The paper trains with cyclical learning rates (citing Smith and Topin's super-convergence) and gives no
+shape; ours is PyTorch's OneCycleLR (docs/decisions.md). It warms the learning rate up along a cosine and anneals it down, and cycles the momentum (Adam's beta1) the other way,
 0.95 -> 0.85 -> 0.95. timm has no such scheduler, and an imitation from its cosine one leaves beta1 fixed;
 this is OneCycleLR itself, with the two calls timm's training loop makes (step per epoch, step_update per
 update). Its hyper-parameters live in the optimizer's param groups (so in every checkpoint), and its
