@@ -83,4 +83,4 @@ def test_three_phase_flag_is_recorded_and_drives_the_run(tmp_path):
     for _ in range(21):
         opt.step()
         sched.step()
-    assert float(rows[0]['lr']) == pytest.approx(opt.param_groups[0]['lr'], rel=1e-6)
+    assert float(rows[0]['lr']) == pytest.approx(opt.param_groups[0]['lr'], rel=1e-5)  # summary.csv keeps 6 digits
