@@ -30,6 +30,7 @@ def test_registry_lists_the_family():
         assert name in names
     assert set(timm.list_pretrained('*fct*')) == {
         *(f'resnet{d}_fct_{n}.a1_in1k_backbone' for d in ('18', '50') for n in ('bn', 'ln')),
+        *(f'resnet50_fct_{n}.tv_in1k_backbone' for n in ('bn', 'ln')),
         *(f'convnext_tiny_fct_{n}.fb_in1k_backbone' for n in ('bn', 'ln')),
         *(f'efficientnet_b0_fct_{n}.ra_in1k_backbone' for n in ('bn', 'ln'))}
 
@@ -86,7 +87,7 @@ def test_forward_features_is_on_the_last_fct_grid_and_area_resampling_is_exact()
 
 
 def test_global_descriptor_reaches_every_fct_module():
-    """x_l = z_l + P_l(g): changing only the last backbone stage, the source of g, changes each FCT output."""
+    """x_l = z_l + P_l(g): changing only the last backbone level, the source of g, changes each FCT output."""
     model = timm.create_model(SMALL_MODEL).eval()
     x = _input(model, 1)
 
@@ -357,3 +358,33 @@ def test_unknown_name_and_tag_raise():
 
 def test_model_class_is_exported():
     assert isinstance(timm.create_model(SMALL_MODEL), FctNet)
+
+
+def _assert_kaiming_normal_classifier(fc: nn.Linear, what: str) -> None:
+    """Kaiming normal, fan-in, gain 1: std 1/sqrt(fan_in), a normal's kurtosis (3), bias zero; not PyTorch's
+    default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), whose std is 1/sqrt(3 fan_in), kurtosis 1.8 and max |w| the bound."""
+    w = fc.weight.detach().double().flatten()
+    fan_in = fc.weight.shape[1]
+    expected_std = 1.0 / math.sqrt(fan_in)  # gain 1 * sqrt(1 / fan_in)
+    # the sample std of n normal draws has relative standard error 1/sqrt(2n): 0.13% at n = 288,000
+    assert w.std().item() == pytest.approx(expected_std, rel=0.02), what
+    assert abs(w.mean().item()) < 0.02 * expected_std, what
+    kurtosis = (((w - w.mean()) / w.std()) ** 4).mean().item()
+    assert kurtosis == pytest.approx(3.0, abs=0.1), what  # uniform: 1.8
+    bound = 1.0 / math.sqrt(fan_in)
+    assert (w.abs() > bound).double().mean().item() == pytest.approx(math.erfc(1 / math.sqrt(2)), abs=0.01), what
+    assert not fc.bias.any(), what
+
+
+def test_classifier_uses_the_papers_kaiming_normal_init_also_after_reset_classifier():
+    torch.manual_seed(0)
+    model = timm.create_model(SMALL_MODEL, num_classes=1000)  # 288 features x 1000 classes
+    keys = set(model.state_dict())
+    _assert_kaiming_normal_classifier(model.head.fc, 'at creation')
+    model.reset_classifier(700)
+    assert model.head.fc.out_features == 700
+    _assert_kaiming_normal_classifier(model.head.fc, 'after reset_classifier')
+    model.reset_classifier(1000)
+    assert set(model.state_dict()) == keys  # same keys: existing checkpoints still load
+    model.reset_classifier(0)
+    assert isinstance(model.head.fc, nn.Identity)

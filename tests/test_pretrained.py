@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import timm_fct
 
-from tests.helpers import run_offline, write_hub_cache
+from tests.helpers import REPO, run_offline, write_hub_cache
 from timm_fct.models.fct import checkpoint_filter_fn
 
 def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
@@ -193,3 +193,49 @@ def test_torch_hub_finds_every_registered_model_through_hubconf():
     model = torch.hub.load(repo, 'resnet18_fct_bn_cifar', source='local', num_classes=7, embed_dim=32)
     assert isinstance(model, timm_fct.FctNet) and model.num_classes == 7
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.fixture(scope='module')
+def resnet50_tv_hub_cache(tmp_path_factory):
+    return backbone_hub_cache(tmp_path_factory.mktemp('hf_home'), 'resnet50', tag='tv_in1k')
+
+
+@pytest.mark.parametrize('flags', [
+    ('--model', 'resnet50_fct_bn.tv_in1k_backbone'),
+    ('--model', 'fct_bn', '--model-kwargs', 'backbone=resnet50.tv_in1k'),
+], ids=['named-tag', 'generic'])
+def test_torchvision_weights_for_the_pretrained_row_resolve_offline(resnet50_tv_hub_cache, tmp_path, flags):
+    """The pre-trained row's alternative weights, as train.py builds them from its flags: timm/resnet50.tv_in1k's
+    hub id and weights, and its own preprocessing (bilinear, crop 0.875), all as timm's registry has them."""
+    hf_home, weights_file = resnet50_tv_hub_cache
+    theirs = timm.models.get_pretrained_cfg('resnet50.tv_in1k')
+    assert (theirs.interpolation, theirs.crop_pct) == ('bilinear', 0.875)  # what the row's a1 weights do not use
+    out = tmp_path / 'loaded.safetensors'
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+import train
+from safetensors.torch import save_file
+from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+args = parse_args({list(flags) + ['--pretrained', '--num-classes', '10', '--device', 'cpu', '--dataset', 'torch/cifar10']!r})
+args.rank, args.world_size, args.distributed = 0, 1, False
+resolve_args(args)
+model = train.build_model(args)
+resolve_preprocessing(args, model)
+save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
+print(json.dumps(dict(hf_hub_id=model.pretrained_cfg.get('hf_hub_id'), interpolation=args.interpolation,
+                      crop_pct=args.crop_pct, mean=args.mean, std=args.std, img_size=args.img_size)))
+"""
+    result = run_offline(hf_home, code)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout.strip().splitlines()[-1])
+    if flags[1] != 'fct_bn':  # the generic model names no weights of its own: its backbone loads by name and tag
+        assert resolved['hf_hub_id'] == theirs.hf_hub_id == 'timm/resnet50.tv_in1k'
+    assert (resolved['interpolation'], resolved['crop_pct']) == (theirs.interpolation, theirs.crop_pct)
+    assert (resolved['mean'], resolved['std']) == (list(theirs.mean), list(theirs.std))
+    assert resolved['img_size'] == theirs.input_size[-1]
+    hub, loaded = load_file(str(weights_file)), load_file(str(out))
+    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
+    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
+    for k, v in backbone.items():
+        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)

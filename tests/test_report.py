@@ -154,7 +154,7 @@ def colour_evidence_fct() -> nn.Module:
 
     The backbone and the patch embeddings pass the colours through (norms are identities), the attention
     and focus branches add nothing, and g's projection is zero: the class evidence reaches the logits only
-    through the FCT modules, and the last backbone stage not at all, as g is all it feeds.
+    through the FCT modules, and the last backbone level not at all, as g is all it feeds.
     """
     model = timm.create_model(SMALL_MODEL, num_classes=2, embed_dim=8).eval()
     with torch.no_grad():
@@ -176,7 +176,7 @@ def colour_evidence_fct() -> nn.Module:
 
 def test_gradcam_of_an_fct_model_points_at_the_evidence_its_fct_modules_carry():
     """Red top-left, green bottom-right, on every module's sampling grid (multiples of 8): each class's map
-    lies in its colour's quadrant. Grad-CAM on the last backbone stage would give empty maps here."""
+    lies in its colour's quadrant. Grad-CAM on the last backbone level would give empty maps here."""
     h, w = 24, 40
     image = torch.zeros(1, 3, h, w)
     image[0, 0, 0:8, 0:16] = 1.0  # red: class 0
@@ -192,6 +192,44 @@ def test_gradcam_of_an_fct_model_points_at_the_evidence_its_fct_modules_carry():
         assert cam[rows, cols].sum() / cam.sum() > 0.9
         peak = np.unravel_index(cam.argmax(), cam.shape)
         assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
+
+
+def test_gradcam_has_one_row_per_fct_module_each_grad_cam_on_that_module_alone_then_their_mean(tmp_path):
+    """Fig. 4 shows Grad-CAM per FCT module: each row must be pytorch_grad_cam's map on model.fct_module(i) alone,
+    labelled with its FCT index and the level it taps; the mean of the modules' maps is an extra last row."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from timm_fct.report.figures import plot_gradcam_grid
+
+    torch.manual_seed(0)
+    model = timm.create_model(SMALL_MODEL, num_classes=10).eval()
+    images, classes = torch.randn(3, 3, 24, 24), [0, 3, 7]
+    rows = maps.gradcam_rows(model, images, classes)
+    labels = ['FCT 0 (level 1)', 'FCT 1 (level 2)', 'FCT 2 (level 3)', 'mean of the 3 FCT modules']
+    assert [label for label, _ in rows] == labels
+    expected = []
+    for i in range(3):
+        with GradCAM(model=model, target_layers=[model.fct_module(i)]) as cam:
+            expected.append(cam(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in classes]))
+    expected.append(scale_cam_image(np.mean(expected, axis=0)))
+    for (label, actual), want in zip(rows, expected):
+        assert actual.shape == (3, 24, 24), label
+        np.testing.assert_allclose(actual, want, rtol=0, atol=1e-6, err_msg=label)
+    assert not np.allclose(rows[0][1], rows[2][1]), 'the modules map the evidence differently'
+    display = np.random.default_rng(0).random((3, 24, 24, 3)).astype(np.float32)
+    fig = plot_gradcam_grid(display, rows, [('0', True), ('3', False), ('7', True)], 'Grad-CAM', tmp_path / 'g.png')
+    assert len(fig.axes) == 4 * 3  # a row per map, a column per image
+    assert [ax.get_ylabel() for ax in fig.axes[::3]] == labels
+
+
+def test_report_page_names_each_grad_cam_row_and_the_runs_last_epoch(single_report):
+    page = (single_report[0] / 'index.html').read_text()
+    rows = re.search(r'<ol class="gradcam-rows">(.*?)</ol>', page, re.S)
+    assert rows, 'the page does not list the Grad-CAM rows'
+    assert re.findall(r'<li>(.*?)</li>', rows.group(1)) == [
+        'FCT 0 (level 1)', 'FCT 1 (level 2)', 'FCT 2 (level 3)', 'mean of the 3 FCT modules']
+    assert 'chosen on that same split' in page and 'last epoch (1) top-1' in page
 
 
 def test_gradcam_targets_what_the_classifier_reads():
@@ -381,7 +419,7 @@ def test_index_html_shows_everything_in_a_headless_browser(single_report, digits
     assert found, f'the checker page did not finish: {dom[-2000:]}'
     page = json.loads(found.group(1).replace('&quot;', '"').replace('&amp;', '&'))
     assert page['title'] == f'Evaluation report: {digits_run.name}'
-    assert {'Confusion matrix', 'Grad-CAM', 'FCT attention per tapped stage', 'Per-class accuracy'} <= set(
+    assert {'Confusion matrix', 'Grad-CAM', 'FCT attention per tap', 'Per-class accuracy'} <= set(
         page['headings'])
     metrics = json.loads((single_report[0] / 'metrics.json').read_text())
     assert page['tables'] == (3 if metrics['most_confused'] else 2)  # the confused-pairs table needs a mistake

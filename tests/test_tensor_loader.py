@@ -107,3 +107,53 @@ def test_pil_path_flip_rates_equal_their_probabilities(hflip, vflip):
     for prob, dim in ((hflip, 2), (vflip, 1)):
         rate = (outs == plain.flip(dim)).all(dim=(1, 2, 3)).float().mean().item()
         assert rate == pytest.approx(prob, abs=4 * (prob * (1 - prob) / draws) ** 0.5 + 1e-9)
+
+
+def pretrained_row_args(pipeline: str):
+    """The pre-trained Table 1 row's flags on the digits (8 px upsampled 4x, as CIFAR's 32 px are to 128),
+    resolved as train.py resolves them: the interpolation comes from resnet50_fct_bn's pretrained_cfg."""
+    import timm
+    from timm_fct.data.datasets import DIGITS
+    from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+    from tests.helpers import REPO
+
+    args = parse_args(['-c', str(REPO / 'configs/cifar10_resnet50_fct_bn_pretrained.yaml'), '--dataset', DIGITS,
+                       '--val-split', 'validation', '--img-size', '32', '--pad-crop', '4', '--pipeline', pipeline,
+                       '--device', 'cpu'])
+    args.rank, args.world_size, args.distributed = 0, 1, False
+    resolve_args(args)
+    resolve_preprocessing(args, timm.create_model(args.model, pretrained=False, num_classes=10))
+    return args
+
+
+@pytest.mark.parametrize('pipeline', ['memory', 'pil'])
+def test_training_images_are_resized_with_the_runs_interpolation_as_evaluation_images_are(pipeline):
+    """The pre-trained row resolves bicubic (timm's resnet50.a1_in1k); training images must be upsampled with it,
+    as the evaluation images are, not with Resize's bilinear default."""
+    from timm_fct.data.loaders import build_loaders
+
+    args = pretrained_row_args(pipeline)
+    assert args.interpolation == 'bicubic' and args.img_size == 32
+    train_ds, eval_ds = DigitsDataset('train'), DigitsDataset('validation')
+    train_loader, eval_loader = build_loaders(args, train_ds, eval_ds)
+    bicubic = transforms.Resize(32, interpolation=transforms.InterpolationMode.BICUBIC)
+    eval_resize = eval_ds.transform.transforms[0] if pipeline == 'pil' else None
+    if pipeline == 'memory':
+        expected = torch.stack([transforms.PILToTensor()(bicubic(train_ds[i][0])) for i in range(len(train_ds))])
+        torch.testing.assert_close(train_loader.images, expected, rtol=0, atol=0)
+        # and the evaluation images went through the same resize
+        expected_eval = torch.stack([transforms.PILToTensor()(bicubic(eval_ds[i][0])) for i in range(len(eval_ds))])
+        torch.testing.assert_close(eval_loader.images, expected_eval, rtol=0, atol=0)
+        return
+    reference = transforms.Compose([
+        bicubic, transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(0.5),
+        transforms.RandomVerticalFlip(0.5), transforms.ToTensor(), transforms.Normalize(args.mean, args.std)])
+    torch.manual_seed(0)
+    actual = torch.stack([train_ds[i][0] for i in range(50)])
+    torch.manual_seed(0)
+    train_ds.transform, saved = reference, train_ds.transform
+    expected = torch.stack([train_ds[i][0] for i in range(50)])
+    train_ds.transform = saved
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert isinstance(eval_resize, transforms.Resize)
+    assert eval_resize.interpolation == transforms.InterpolationMode.BICUBIC

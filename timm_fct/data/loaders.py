@@ -27,8 +27,8 @@ def build_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset)
 def build_memory_loaders(args: argparse.Namespace, train_ds: Dataset, eval_ds: Dataset) -> Tuple[TensorLoader, ...]:
     common = dict(batch_size=args.batch_size, mean=args.mean, std=args.std, device=args.device, rank=args.rank,
                   world_size=args.world_size)
-    train_images, train_targets = preload(train_ds, train_geometry(args.img_size, args.interpolation),
-                                          'preloading train')
+    train_images, train_targets = preload(
+        train_ds, train_geometry(args.img_size, args.interpolation), 'preloading train')
     eval_images, eval_targets = preload(
         eval_ds, eval_geometry(args.img_size, args.crop_pct, args.interpolation), 'preloading eval')
     train_loader = TensorLoader(train_images, train_targets, train=True, padding=args.pad_crop, hflip=args.hflip,

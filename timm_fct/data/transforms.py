@@ -7,9 +7,12 @@ from torchvision import transforms
 
 
 def train_geometry(img_size: int, interpolation: str = 'bilinear') -> Callable:
-    """What a training image goes through before the random augmentation: resized to img_size with the
-    run's interpolation, the one its evaluation resizes with."""
-    return transforms.Resize(img_size, interpolation=str_to_interp_mode(interpolation or 'bilinear'))
+    """What a training image goes through before the random augmentation: resized to img_size.
+
+    `interpolation` is the run's (--interpolation, else the model's pretrained_cfg), the one eval_transform
+    resizes with: training and evaluation images are upsampled alike (32 -> 128 px on the pre-trained row).
+    """
+    return transforms.Resize(img_size, interpolation=str_to_interp_mode(interpolation))
 
 
 def pad_crop_flip_transform(
@@ -21,7 +24,9 @@ def pad_crop_flip_transform(
         vflip: float = 0.,
         interpolation: str = 'bilinear',
 ) -> Callable:
-    """The paper's CIFAR augmentation: pad by 4 pixels, random crop back, flips with the given probabilities."""
+    """Pad-and-crop plus flips, our reading of the paper's "random cropping, padding, or flipping" (Sec. 4;
+    the padding width is ours, docs/decisions.md): resize with the run's interpolation, pad by `padding`
+    pixels, random crop back, flips with the given probabilities."""
     steps = [train_geometry(img_size, interpolation),
              transforms.RandomCrop(img_size, padding=padding, padding_mode='constant')]
     if hflip > 0:

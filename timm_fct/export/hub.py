@@ -170,7 +170,9 @@ def metrics_section(trained: LoadedModel) -> str:
             name = f'{label} (published)' if is_ema == (trained.weights == 'ema') else label
             cells = ['-' if v is None else f'{v:.2f}' for v in accuracy.values()]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-    lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split, over the {epochs} epoch(s) recorded.\n')
+    lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split, over the {epochs} epoch(s) recorded. '
+                 f'The best epoch, and so the published checkpoint, was chosen on this same split, so the best '
+                 f'columns are biased upwards; the last epoch\'s involve no such choice.\n')
     return '\n'.join(lines)
 
 

@@ -27,7 +27,8 @@ def backbone_pretrained_cfg(backbone: str) -> Dict[str, Any]:
 
 
 def default_taps(num_levels: int) -> Tuple[int, ...]:
-    """The last three levels before the last (ResNet: stages 1-3, our reading of the paper's taps); fewer if absent."""
+    """The last three levels before the last (ResNet: stages 1-3; our choice, the paper does not say which layers
+    it taps); fewer if absent."""
     return tuple(range(max(0, num_levels - 4), num_levels - 1))
 
 

@@ -9,13 +9,15 @@ Words used throughout timm-fct:
 
 * level: a backbone feature level, an index into the backbone's feature_info (ResNet: 0 is the stem,
   1-4 its four stages). The last level supplies g.
-* tap: a level that feeds an FCT module (`taps`, the paper's intermediate maps z_l; ResNet default 1-3).
+* tap: a level that feeds an FCT module (`taps`, the paper's intermediate maps z_l; ResNet default 1-3, our
+  choice: the paper does not say which layers it taps).
 * FCT index: the position of an FCT module, and of its output, among the taps (0-based): the index of
   `forward_intermediates`, `fct_indices` and the `fct.{i}` state-dict keys.
 
 Where each equation of the paper lives:
 
-* x_l = z_l + P_l(g) (Sec. 3.2: "we add z_l to g"; P_l matches g's width to the tap's) ... `FctBlock.global_proj`
+* x_l = z_l + P_l(g) (Sec. 3.2: "we add z_l to g", "assuming equal dimensions"; P_l, our own, matches g's
+  width to the tap's) ............................................................. `FctBlock.global_proj`
 * eq. 7, PATCHEMBED(z_l + g) ...................................................... `FctBlock.patch_embed`
 * eqs. 2-4 and 6, MHSA(N(CONVPROJ(z))) .................................................. `ConvAttention`
 * eq. 8, residual around the attention ............................................... `FctBlock.forward`
@@ -241,7 +243,7 @@ class FctBlock(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count
+        self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count (ours)
         self.patch_embed = nn.Conv2d(  # overlapping patches: kernel larger than stride
             in_chs, embed_dim, patch_size, stride=patch_stride, padding=patch_size // 2, **dd)
         self.attn = ConvAttention(embed_dim, num_heads, kv_stride, kv_min_grid, norm_layer, attn_drop, **dd)
@@ -367,6 +369,7 @@ class FctNet(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
         self.fct.apply(_init_fct_weights)
+        _init_classifier(self.head.fc)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Tuple]:
@@ -386,6 +389,7 @@ class FctNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
+        _init_classifier(self.head.fc)
 
     @torch.jit.ignore
     def fct_taps(self) -> Dict[int, int]:
@@ -516,7 +520,8 @@ class FctNet(nn.Module):
 
 
 def _init_fct_weights(module: nn.Module) -> None:
-    """The paper's Kaiming normal (He et al. 2015: fan-in, ReLU gain) for every FCT convolution.
+    """The paper's Kaiming normal initialiser, as we read it (He et al. 2015: fan-in, ReLU gain), for every
+    FCT convolution; the mode and gains are ours (docs/decisions.md).
 
     Fan-in keeps the forward variance of each layer, depth-wise ones included (fan-in 9, where fan-out
     would shrink their weights by the channel count). g's projection is variance-preserving (gain 1),
@@ -530,6 +535,16 @@ def _init_fct_weights(module: nn.Module) -> None:
         return
     if module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def _init_classifier(fc: nn.Module) -> None:
+    """The paper's Kaiming normal for the classifier too ("we initialise the model using the Kaiming normal
+    initialiser"): fan-in, gain 1 (no ReLU follows the logits; docs/decisions.md), bias zero. Identity (no
+    classifier) is left alone. Only the values change, not the parameters, so checkpoints load as before."""
+    if isinstance(fc, nn.Linear):
+        nn.init.kaiming_normal_(fc.weight, mode='fan_in', nonlinearity='linear')
+        if fc.bias is not None:
+            nn.init.zeros_(fc.bias)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> Dict[str, torch.Tensor]:
@@ -634,6 +649,9 @@ default_cfgs = generate_default_cfgs({
     'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
     'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
     'resnet50_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
+    # torchvision's original ImageNet ResNet-50 weights (bilinear, crop 0.875): the pre-trained row's alternative
+    'resnet50_fct_bn.tv_in1k_backbone': _backbone_cfg('resnet50.tv_in1k'),
+    'resnet50_fct_ln.tv_in1k_backbone': _backbone_cfg('resnet50.tv_in1k'),
     'convnext_tiny_fct_bn.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
     'convnext_tiny_fct_ln.fb_in1k_backbone': _backbone_cfg('convnext_tiny.fb_in1k', first_conv='backbone.stem_0'),
     'efficientnet_b0_fct_bn.ra_in1k_backbone': _backbone_cfg('efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),
@@ -709,14 +727,17 @@ def resnet18_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
 
 @register_model
 def resnet50_fct_bn(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ResNet-50 with BatchNorm FCT modules: the paper's best model ('ours (with BN)' / 'pre-trained')."""
+    """ResNet-50 (ImageNet stem) with BatchNorm FCT modules: our model for the paper's 'ours (pre-trained)' row.
+
+    The from-scratch 'ours (with BN)' row is resnet50_fct_bn_cifar (CIFAR stem, our choice; docs/decisions.md).
+    """
     model_args = dict(backbone='resnet50', norm='bn')
     return _create_fct('resnet50_fct_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet50_fct_ln(pretrained: bool = False, **kwargs: Any) -> FctNet:
-    """ResNet-50 with LayerNorm FCT modules ('ours (with LN)')."""
+    """ResNet-50 (ImageNet stem) with LayerNorm FCT modules; the 'ours (with LN)' row is resnet50_fct_ln_cifar."""
     model_args = dict(backbone='resnet50', norm='ln')
     return _create_fct('resnet50_fct_ln', pretrained, **dict(model_args, **kwargs))
 

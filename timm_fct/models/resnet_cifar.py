@@ -1,4 +1,4 @@
-"""ResNets with the CIFAR stem: the from-scratch baselines of the paper's Table 1.
+"""ResNets with the CIFAR stem: our models for the from-scratch rows of the paper's Table 1.
 
 timm's ResNet reduces a 32x32 image to 8x8 before the first stage (7x7 stride-2 conv, then max-pool),
 which throws away most of a CIFAR image. The CIFAR literature, and our from-scratch Table 1 rows, use a
@@ -68,6 +68,7 @@ def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
 
 @register_model
 def resnet50_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """ResNet-50 with the CIFAR stem: the paper's 'vanilla (ResNet-50)' row of Table 1."""
+    """ResNet-50 with the CIFAR stem (our choice; the paper: "a ResNet-50 with no modifications"): our model for
+    the 'vanilla (ResNet-50)' row of Table 1."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
     return _create_cifar_resnet('resnet50_cifar', pretrained, **dict(model_args, **kwargs))

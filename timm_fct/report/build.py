@@ -22,7 +22,7 @@ from .layout import (
     ATTENTION_PNG, COMPARISON_JSON, COMPARISON_MD, COMPARISON_PNG, CONFUSION_PNG, GRADCAM_PNG, INDEX_HTML,
     METRICS_JSON, METRICS_MD,
 )
-from .maps import fct_tap_maps, gradcam_maps, gradcam_title
+from .maps import fct_tap_maps, gradcam_rows, gradcam_title
 from .metrics import compute_metrics, evaluate, markdown_table, metrics_markdown, summary_table
 from .page import render_index
 
@@ -55,11 +55,13 @@ def model_report(lm: LoadedModel, base: Dataset, indices: Sequence[int], names: 
     images = images.to(device)
     preds = ev.topk[picks, 0]
     display = to_display(images, lm.info.data_config['mean'], lm.info.data_config['std'])
-    cams = np.concatenate([gradcam_maps(lm.model, images[s:s + args.batch_size], preds[s:s + args.batch_size])
-                           for s in range(0, len(picks), args.batch_size)])
+    batches = [gradcam_rows(lm.model, images[s:s + args.batch_size], preds[s:s + args.batch_size])
+               for s in range(0, len(picks), args.batch_size)]
+    cam_rows = [(label, np.concatenate([batch[r][1] for batch in batches])) for r, (label, _) in enumerate(batches[0])]
+    row['gradcam_rows'] = [label for label, _ in cam_rows]
     captions = [(f'{names[p]} {ev.confidence[i]:.0%}\ntrue: {names[ev.targets[i]]}', p == ev.targets[i])
                 for i, p in zip(picks, preds)]
-    plot_gradcam_grid(display, cams, captions, gradcam_title(lm.model), folder / GRADCAM_PNG)
+    plot_gradcam_grid(display, cam_rows, captions, gradcam_title(lm.model), folder / GRADCAM_PNG)
     if row['has_attention']:
         attention, outputs = fct_tap_maps(lm.model, images)
         labels = [f'pred {names[p]}\ntrue {names[ev.targets[i]]}' for i, p in zip(picks, preds)]

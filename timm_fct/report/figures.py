@@ -52,19 +52,25 @@ def plot_confusion_matrix(metrics: Dict[str, Any], title: str, path: Path) -> No
     save_figure(fig, path)
 
 
-def plot_gradcam_grid(images: np.ndarray, cams: np.ndarray, captions: Sequence[Tuple[str, bool]],
-                      title: str, path: Path) -> None:
-    """Figs. 4 and 5: each image with its Grad-CAM, the predicted class and confidence above it."""
-    cols = min(GRID_COLUMNS, len(images))
-    rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(2.4 * cols, 2.7 * rows), layout='constrained')
-    for i, (image, cam, (caption, correct)) in enumerate(zip(images, cams, captions)):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(show_cam_on_image(image, cam, use_rgb=True), interpolation='nearest')
-        ax.set_title(caption, fontsize=9, color='darkgreen' if correct else 'firebrick')
-        ax.axis('off')
+def plot_gradcam_grid(images: np.ndarray, rows: Sequence[Tuple[str, np.ndarray]],
+                      captions: Sequence[Tuple[str, bool]], title: str, path: Path) -> Figure:
+    """Figs. 4 and 5: one column per image (the predicted class and confidence above it), one row per map:
+    for an FCT model each FCT module's Grad-CAM, labelled with its FCT index and tap, then their mean."""
+    cols = len(images)
+    fig = Figure(figsize=(1.9 * cols + 1.2, 2.0 * len(rows) + 0.8), layout='constrained')
+    for r, (label, cams) in enumerate(rows):
+        for c, (image, cam, (caption, correct)) in enumerate(zip(images, cams, captions)):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            ax.imshow(show_cam_on_image(image, cam, use_rgb=True), interpolation='nearest')
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(caption, fontsize=8, color='darkgreen' if correct else 'firebrick')
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
     fig.suptitle(f'{title}, for the predicted class')
     save_figure(fig, path)
+    return fig
 
 
 def plot_attention_grid(images: np.ndarray, attention: List[np.ndarray], outputs: List[np.ndarray],

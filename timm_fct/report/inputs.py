@@ -42,7 +42,20 @@ def weights_line(lm: LoadedModel) -> str:
     if lm.weights is None:
         return f'The weights published as {lm.source}.'
     epoch = '' if lm.epoch is None else f' (epoch {lm.epoch}, counted from 0)'
-    return f"{'EMA' if lm.weights == 'ema' else 'Raw'} weights of the checkpoint{epoch}."
+    return f"{'EMA' if lm.weights == 'ema' else 'Raw'} weights of the checkpoint{epoch}.{training_record(lm)}"
+
+
+def training_record(lm: LoadedModel) -> str:
+    """The run's best and last-epoch top-1 as train.py recorded them, with the selection bias of the best said."""
+    rows = lm.folder.summary() if lm.folder is not None else []
+    if not rows or 'eval_top1' not in rows[-1]:
+        return ''
+    prefix = 'eval_ema_' if lm.weights == 'ema' and 'eval_ema_top1' in rows[-1] else 'eval_'
+    best = max(rows, key=lambda r: r.get(prefix + 'top1', float('-inf')))
+    return (f" In training ({lm.info.dataset or 'its evaluation split'}, {'EMA' if prefix == 'eval_ema_' else 'raw'} "
+            f"weights): best top-1 {best[prefix + 'top1']:.2f} at epoch {int(best['epoch'])}, chosen on that same "
+            f"split and so biased upwards; last epoch ({int(rows[-1]['epoch'])}) top-1 "
+            f"{rows[-1][prefix + 'top1']:.2f}.")
 
 
 def resolve_dataset(name: Optional[str], data_dir: Optional[str],

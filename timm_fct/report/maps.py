@@ -32,22 +32,35 @@ def gradcam_target_layers(model: nn.Module) -> List[nn.Module]:
 
 def gradcam_title(model: nn.Module) -> str:
     if isinstance(model, FctNet):
-        return f'Grad-CAM on the {len(model.fct_indices)} FCT module outputs the classifier reads (their mean)'
+        return (f'Grad-CAM on each of the {len(model.fct_indices)} FCT module outputs the classifier reads, '
+                f'one row per module by FCT index (Fig. 4), then their mean')
     return 'Grad-CAM on the last backbone level'
 
 
-def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-    """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (B, H, W).
+def gradcam_rows(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> List[Tuple[str, np.ndarray]]:
+    """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (label, (B, H, W)).
 
-    One map per target layer, each scaled to [0, 1] and resized to the image, then averaged: an FCT
-    model's modules run at different resolutions and each carries part of the evidence.
+    An FCT model gets one row per FCT module, as the paper's Fig. 4 shows them (first module to last, which
+    the paper finds coarse to fine), each Grad-CAM on that module's output alone and labelled with its FCT
+    index and the level it taps; then the mean of those maps (each scaled to [0, 1] first), since the
+    modules run at different resolutions and each carries part of the evidence. A plain network: one row,
+    its last level.
     """
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
-    maps = []
+    per_layer = []
     for layer in gradcam_target_layers(model):  # one pass per layer: its gradients are matched to no other
         with GradCAM(model=model, target_layers=[layer]) as cam:
-            maps.append(cam(input_tensor=images, targets=targets))
-    return scale_cam_image(np.mean(maps, axis=0))
+            per_layer.append(cam(input_tensor=images, targets=targets))
+    mean = scale_cam_image(np.mean(per_layer, axis=0))
+    if not isinstance(model, FctNet):
+        return [('last backbone level', mean)]
+    labels = [f'FCT {i} (level {level})' for i, level in model.fct_taps().items()]
+    return [*zip(labels, per_layer), (f'mean of the {len(per_layer)} FCT modules', mean)]
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+    """The last row of gradcam_rows: the mean over an FCT model's modules, or a plain network's last level."""
+    return gradcam_rows(model, images, classes)[-1][1]
 
 
 def attention_weights(model: FctNet, images: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Size]]:

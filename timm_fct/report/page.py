@@ -14,7 +14,7 @@ _env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoesc
 def render_index(rows: Sequence[Dict[str, Any]], prefixes: Sequence[str]) -> str:
     """The comparison (when there are several models), then one section per model; prefix: its sub-folder."""
     models = [dict(name=r['name'], arch=r['arch'], dataset_line=r['dataset_line'], weights_line=r['weights_line'],
-                   gradcam=r['gradcam'], has_attention=r['has_attention'], prefix=prefix,
+                   gradcam=r['gradcam'], gradcam_rows=r.get('gradcam_rows', []), has_attention=r['has_attention'], prefix=prefix,
                    summary=summary_table([r]), per_class=per_class_table(r['metrics']),
                    confused=confused_table(r['metrics']) if r['metrics']['most_confused'] else None)
               for r, prefix in zip(rows, prefixes)]

@@ -19,7 +19,7 @@ from ..data.loaders import default_workers
 from ..errors import FctError
 
 DEFAULT_MODEL = 'resnet18_fct_bn_cifar'
-PAPER_DEFAULTS = dict(batch_size=128, epochs=200, pad_crop=4)
+PAPER_DEFAULTS = dict(batch_size=128, epochs=200, pad_crop=4)  # batch and epochs the paper's; the 4 px padding ours
 # the embedded main job, about a minute on 2 CPU cores: the 8 px digits upsampled 2x, padded by 1 px
 DIGITS_DEFAULTS = dict(batch_size=64, epochs=5, img_size=16, pad_crop=1)
 
@@ -81,17 +81,21 @@ def add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--momentum', type=float, default=0.9)
     group.add_argument('--weight-decay', type=float, default=1e-4)
     group.add_argument('--wd-all-params', action='store_true', default=False,
-                       help='decay every parameter, norms and biases too (torch.optim.Adam(weight_decay=...), the '
-                            "paper's setting); default: timm's exemption of norm and bias parameters")
+                       help='decay every parameter, norms and biases too, coupled to the gradient as '
+                            "torch.optim.Adam(weight_decay=...) does (our reading of the paper's Adam with weight "
+                            "decay 1e-4); default: timm's exemption of norm and bias parameters")
     group.add_argument('--clip-grad', type=float, default=1.0, help='clip gradients at this global norm (0: off)')
     group.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
     group.add_argument('--sched', default='onecycle',
-                       help="'onecycle' (the paper's cyclical schedule: PyTorch's OneCycleLR per update, lr and "
-                            "beta1/momentum) or any timm scheduler name")
+                       help="'onecycle' (our implementation of the paper's cyclical learning rates: PyTorch's "
+                            "OneCycleLR per update, lr and beta1/momentum) or any timm scheduler name")
     group.add_argument('--pct-start', type=float, default=0.3, help='onecycle: fraction of training spent warming up')
     group.add_argument('--div-factor', type=float, default=25.0, help='onecycle: starting lr = lr / div-factor')
     group.add_argument('--final-div-factor', type=float, default=1e4,
                        help='onecycle: final lr = starting lr / final-div-factor')
+    group.add_argument('--onecycle-three-phase', action='store_true', default=False,
+                       help="onecycle: Smith and Topin's linear three-phase cycle (OneCycleLR(three_phase=True, "
+                            "anneal_strategy='linear')) instead of OneCycleLR's default two cosine phases")
     group.add_argument('--warmup-epochs', type=int, default=0, help='other schedulers: warmup epochs')
     group.add_argument('--warmup-lr', type=float, default=1e-5)
     group.add_argument('--min-lr', type=float, default=0.0)
@@ -101,7 +105,8 @@ def add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
 def add_augmentation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Augmentation')
     group.add_argument('--pad-crop', type=int, default=None,
-                       help=f'pad by this many pixels, random crop back (0: off; default 4, 1 for {DIGITS})')
+                       help=f'pad by this many pixels, random crop back (0: off; default 4, our choice: the paper '
+                            f'gives no amount; 1 for {DIGITS})')
     group.add_argument('--hflip', type=float, default=None,
                        help=f'horizontal flip probability (default 0.5, 0 for {DIGITS})')
     group.add_argument('--vflip', type=float, default=0.0, help='vertical flip probability')
