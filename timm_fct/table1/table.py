@@ -91,7 +91,7 @@ def markdown(rows: Sequence[RowResult], header: Sequence[str], dataset: str) -> 
         lines.append(f'| {row.label} | `{row.model}` | {row.paper_top1:.2f} | {_mean_std(row.stats("last_top1"))} | '
                      f'{_mean_std(row.stats("best_top1"))} | {len(row.finished)}/{row.seeds_requested} | '
                      f'{row.status} |')
-    lines += ['', 'What each row ran (train.py, plus `--seed S --output RESULTS/runs --experiment ROW-seedS`):', '']
+    lines += ['', 'The train.py command of each row (each run adds `--seed S --output OUT/runs --experiment ROW-seedS`):', '']
     lines += [f'- {row.label}: `{row.command}`' + (f' (resolved: {row.resolved})' if row.resolved else '')
               for row in rows]
     lines += ['', 'Best top-1 is the best epoch chosen on the split it is reported on, so it is biased upward; '
@@ -132,6 +132,7 @@ def figure(rows: Sequence[RowResult], dataset: str, paper_beside: bool) -> Figur
 def write_results(out: Path, rows: Sequence[RowResult], header: Sequence[str], settings: Dict[str, Any],
                   dataset: str, paper_beside: bool) -> None:
     """table.md, table.json and table1.png, each whole or not at all."""
+    out.mkdir(parents=True, exist_ok=True)  # no run may have made it: every row not run
     with replace_when_done(out / 'table.md') as tmp:
         tmp.write_text(markdown(rows, header, dataset))
     with replace_when_done(out / 'table.json') as tmp:
