@@ -3,7 +3,10 @@
 
     python train.py                                        # embedded digits, resnet18_fct_bn_cifar, ~1 min on CPU
     python train.py -c configs/cifar10_resnet50_fct_bn.yaml --data-dir data --dataset-download
-    torchrun --nproc_per_node 4 train.py -c configs/cifar10_resnet50_fct_bn.yaml --data-dir data
+    torchrun --nproc_per_node 4 train.py -c configs/cifar10_resnet50_fct_bn.yaml --data-dir data -b 32
+
+-b is per process: 4 x 32 keeps the paper's global batch 128 and lr 0.01 (lr = lr_base 0.01 x global batch /
+lr_base_size 128); without -b 32 the config's 128 per process makes a global batch of 512 and lr 0.04.
 
 Flags share names and meanings with timm's train.py wherever the two overlap. The paper's recipe
 (Sec. 4) is the default: Adam at lr 0.01, weight decay 1e-4, batch 128, cyclical learning rates,

@@ -92,8 +92,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     items[:] = keep
 
 
-PROCESS_FIXTURES = {'small_run', 'digits_run'}  # fixtures that run train.py
-PROCESS_CALLS = ('run_train(', 'run_offline(', 'subprocess.', 'torch.multiprocessing', 'mp.spawn')
+PROCESS_FIXTURES = {'small_run', 'digits_run', 'table1_run'}  # fixtures that run train.py
+PROCESS_CALLS = ('run_train(', 'run_reproduce(', 'run_offline(', 'subprocess.', 'torch.multiprocessing', 'mp.spawn')
 
 
 def launches_processes(item: pytest.Item) -> bool:

@@ -1,0 +1,59 @@
+"""The rows of the paper's Table 1 (CIFAR-10 top-1), the config that runs each, and the small digits setting.
+
+On CIFAR a row is its config as shipped. On the embedded digits (no dataset given) each row keeps its
+config's recipe (optimiser, lr, weight decay, schedule, clipping) with the settings below: ResNet-50s
+take minutes per epoch on a CPU, so each row runs its ResNet-18 counterpart with a narrow FCT head.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import timm
+from huggingface_hub import hf_hub_download
+
+import timm_fct  # noqa: F401  registers the models
+
+WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # what timm loads from a Hub repository, in its order
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # the --rows name and the run folders' prefix
+    label: str  # the paper's
+    config: str  # relative to the repository root
+    paper_top1: float
+    digits_args: Tuple[str, ...]  # train.py flags that make the digits setting of this row
+
+
+# the digits setting shared by every row: the digits' own split, batch 64 (lr 0.005 by the configs' lr_base
+# scaling), the 8 px images upsampled to 16 px with 1 px pad-and-crop, no flips (a flipped digit is another
+# digit), 3 epochs
+DIGITS_ARGS = ('--dataset', 'sklearn/digits', '--val-split', 'validation', '-b', '64', '--img-size', '16',
+               '--pad-crop', '1', '--hflip', '0', '--vflip', '0', '--epochs', '3')
+NARROW_FCT = ('--model-kwargs', 'embed_dim=32')
+
+ROWS: Dict[str, Row] = {row.name: row for row in (
+    Row('resnet50', 'vanilla (ResNet-50)', 'configs/cifar10_resnet50.yaml', 92.87,
+        ('--model', 'resnet18_cifar')),
+    Row('fct_ln', 'ours (with LN)', 'configs/cifar10_resnet50_fct_ln.yaml', 93.04,
+        ('--model', 'resnet18_fct_ln_cifar', *NARROW_FCT)),
+    Row('fct_bn', 'ours (with BN)', 'configs/cifar10_resnet50_fct_bn.yaml', 93.35,
+        ('--model', 'resnet18_fct_bn_cifar', *NARROW_FCT)),
+    # ImageNet's ResNet-18 backbone; the ImageNet stem (stride 32) at 4x upsampling, as the CIFAR config does
+    Row('pretrained', 'ours (pre-trained)', 'configs/cifar10_resnet50_fct_bn_pretrained.yaml', 95.72,
+        ('--model', 'resnet18_fct_bn', *NARROW_FCT, '--img-size', '32', '--pad-crop', '2')),
+)}
+
+
+def weights_unavailable(model: str) -> Optional[str]:
+    """Why the ImageNet weights a pretrained model loads cannot be had here, or None when they are cached or
+    were just downloaded (huggingface_hub answers from its cache when offline)."""
+    repo = timm.get_pretrained_cfg(model).hf_hub_id
+    errors = []
+    for filename in WEIGHT_FILES:
+        try:
+            hf_hub_download(repo, filename)
+            return None
+        except Exception as e:  # offline, unreachable, or not in the repository: each its own exception type
+            errors.append(f'{filename}: {type(e).__name__}')
+    return (f'the ImageNet weights of {model} (Hugging Face Hub {repo}) are not in the cache and cannot be '
+            f'downloaded ({"; ".join(errors)})')
