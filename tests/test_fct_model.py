@@ -376,9 +376,9 @@ def _assert_kaiming_normal_classifier(fc: nn.Linear, what: str) -> None:
     assert not fc.bias.any(), what
 
 
-def test_classifier_uses_the_papers_kaiming_normal_init_also_after_reset_classifier():
+def test_classifier_takes_the_papers_kaiming_normal_init_when_asked_also_after_reset_classifier():
     torch.manual_seed(0)
-    model = timm.create_model(SMALL_MODEL, num_classes=1000)  # 288 features x 1000 classes
+    model = timm.create_model(SMALL_MODEL, num_classes=1000, kaiming_classifier=True)  # 288 features x 1000 classes
     keys = set(model.state_dict())
     _assert_kaiming_normal_classifier(model.head.fc, 'at creation')
     model.reset_classifier(700)
@@ -388,3 +388,12 @@ def test_classifier_uses_the_papers_kaiming_normal_init_also_after_reset_classif
     assert set(model.state_dict()) == keys  # same keys: existing checkpoints still load
     model.reset_classifier(0)
     assert isinstance(model.head.fc, nn.Identity)
+
+
+def test_classifier_keeps_pytorchs_default_init_unless_asked():
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): std 1/sqrt(3 fan_in), every weight within the bound."""
+    torch.manual_seed(0)
+    fc = timm.create_model(SMALL_MODEL, num_classes=1000).head.fc
+    w = fc.weight.detach().double()
+    bound = 1.0 / math.sqrt(w.shape[1])
+    assert w.abs().max().item() <= bound and w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)

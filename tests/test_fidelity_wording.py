@@ -5,6 +5,7 @@ padding amount, no kind of weight decay, no way of matching g's width to a tap's
 schedule; Jetley et al. (Learn to Pay Attention) project local features into g's space, not g into theirs.
 """
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,12 @@ OURS = re.compile(r"\bour\b|\bours\b|\bwe\b|not the paper|reading|choice|chose|d
 
 
 def sources():
-    for path in sorted(REPO.rglob('*')):
-        parts = set(path.relative_to(REPO).parts)
-        if path.suffix in ('.py', '.yaml', '.md', '.j2') and not parts & {'.git', 'tests', '.venv', 'output'}:
+    """The repository's own text: what git tracks or would (not build/ or other ignored output)."""
+    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in sorted(listed):
+        path = REPO / name
+        if path.suffix in ('.py', '.yaml', '.md', '.j2') and path.parts[len(REPO.parts)] != 'tests':
             yield path
 
 

@@ -197,7 +197,7 @@ def test_export_writes_timm_hub_layout_with_run_config(exported, small_run, run_
     assert config == json.loads((small_run / 'config.json').read_text())  # the run folder's own
     assert config['architecture'] == run_info.model and config['num_classes'] == run_info.num_classes
     assert config['label_names'] == run_info.label_names
-    assert config['model_args']['num_classes'] == run_info.num_classes
+    assert 'num_classes' not in config['model_args']  # at the root only (runs/model_folder.py)
     for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
         expected = run_info.data_config[key]
         assert config['pretrained_cfg'][key] == (list(expected) if isinstance(expected, tuple) else expected), key

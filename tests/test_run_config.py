@@ -35,8 +35,9 @@ def assert_config_is_the_command_line(config: dict) -> None:
     """A timm config.json as the command line asked for: architecture, model arguments and preprocessing."""
     assert config['architecture'] == SMALL_MODEL
     assert config['num_classes'] == 10 and config['label_names'] == [str(i) for i in range(10)]
-    passed = {'embed_dim': 32, 'taps': TAPS, 'num_classes': 10}  # timm adds in_chans and global_pool
+    passed = {'embed_dim': 32, 'taps': TAPS}  # timm adds in_chans and global_pool
     assert {k: config['model_args'].get(k) for k in passed} == passed
+    assert 'num_classes' not in config['model_args']  # at the root only, where timm and transformers read it
     cfg = config['pretrained_cfg']
     assert cfg['input_size'] == [3, IMG_SIZE, IMG_SIZE]
     assert (cfg['mean'], cfg['std']) == (MEAN, STD)

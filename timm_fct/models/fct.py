@@ -292,6 +292,7 @@ class FctNet(nn.Module):
             pretrained_backbone: bool = False,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
+            kaiming_classifier: bool = False,
             device=None,
             dtype=None,
     ):
@@ -318,6 +319,8 @@ class FctNet(nn.Module):
             img_size: input size for backbones built for one size (timm passes it where the backbone's
                 pretrained_cfg has fixed_input_size, e.g. Swin).
             backbone_kwargs: further keyword arguments for the backbone's timm.create_model.
+            kaiming_classifier: the paper's Kaiming normal for the classifier too; off by default, PyTorch's
+                uniform init, which trained the digits main job better (docs/decisions.md).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -327,6 +330,7 @@ class FctNet(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.kaiming_classifier = kaiming_classifier
 
         self.backbone = create_backbone(
             backbone, pretrained_backbone, drop_path_rate,
@@ -369,7 +373,8 @@ class FctNet(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
         self.fct.apply(_init_fct_weights)
-        _init_classifier(self.head.fc)
+        if self.kaiming_classifier:
+            _init_classifier(self.head.fc)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Tuple]:
@@ -389,7 +394,8 @@ class FctNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
-        _init_classifier(self.head.fc)
+        if self.kaiming_classifier:
+            _init_classifier(self.head.fc)
 
     @torch.jit.ignore
     def fct_taps(self) -> Dict[int, int]:
@@ -539,8 +545,8 @@ def _init_fct_weights(module: nn.Module) -> None:
 
 def _init_classifier(fc: nn.Module) -> None:
     """The paper's Kaiming normal for the classifier too ("we initialise the model using the Kaiming normal
-    initialiser"): fan-in, gain 1 (no ReLU follows the logits; docs/decisions.md), bias zero. Identity (no
-    classifier) is left alone. Only the values change, not the parameters, so checkpoints load as before."""
+    initialiser"), with kaiming_classifier=True: fan-in, gain 1 (no ReLU follows the logits;
+    docs/decisions.md), bias zero. Identity (no classifier) is left alone."""
     if isinstance(fc, nn.Linear):
         nn.init.kaiming_normal_(fc.weight, mode='fan_in', nonlinearity='linear')
         if fc.bias is not None:
