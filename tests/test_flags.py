@@ -1,4 +1,7 @@
 """train.py flags that are parsed but could silently go unapplied: each checked where it acts, in-process."""
+import re
+import shlex
+
 import pytest
 import timm
 import torch
@@ -131,3 +134,35 @@ def test_resume_refuses_a_changed_model_or_preprocessing_flag(changed, named):
     with pytest.raises(FctError, match='a resumed run keeps its model and preprocessing') as e:
         check_resume(ckpt, args, model=None)
     assert named in str(e.value)
+
+
+TORCHRUN = re.compile(r'torchrun --nproc_per_node (\d+) train\.py ([^`\n|]+)')
+
+
+def torchrun_resolution(nproc: str, argline: str):
+    """(global batch, lr) that `torchrun --nproc_per_node N train.py ARGS` trains with: N processes' batches."""
+    args = parse_args(['--device', 'cpu', *shlex.split(argline)])
+    args.distributed, args.world_size, args.rank, args.local_rank = False, int(nproc), 0, 0
+    resolve_args(args)
+    return args.batch_size * int(nproc), args.lr
+
+
+def test_the_multi_gpu_example_keeps_the_papers_global_batch_and_learning_rate(monkeypatch):
+    """train.py's own torchrun example: the paper's batch of 128 and lr 0.01 on any number of processes."""
+    monkeypatch.chdir(REPO)
+    examples = TORCHRUN.findall(train.__doc__)
+    assert examples
+    for nproc, argline in examples:
+        assert torchrun_resolution(nproc, argline) == (128, pytest.approx(0.01)), argline
+
+
+def test_the_training_docs_say_what_each_torchrun_command_gives(monkeypatch):
+    """docs/training.md's table of torchrun commands: the global batch and lr it states are what train.py does."""
+    monkeypatch.chdir(REPO)
+    rows = [line for line in (REPO / 'docs' / 'training.md').read_text().splitlines()
+            if line.startswith('| `torchrun')]
+    assert rows
+    for row in rows:
+        (nproc, argline), = TORCHRUN.findall(row)
+        batch, lr = (re.match(r'\s*([\d.]+)', cell).group(1) for cell in row.split('|')[2:4])
+        assert torchrun_resolution(nproc, argline) == (int(batch), pytest.approx(float(lr))), row
