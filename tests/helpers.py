@@ -81,3 +81,24 @@ def summary_rows(run_dir: Path) -> list:
 SMALL_RUN_UMASK = 0o002
 SMALL_RUN_ARGS = ('--epochs', '2', '--img-size', '12', '-b', '64', '--model-kwargs', 'embed_dim=32',
                   '--model-ema', '--model-ema-decay', '0.9')
+
+
+def plain_one_cycle(max_lr: float, total: int, **kwargs) -> list:
+    """lr and beta1 before each step of torch.optim.Adam under a bare OneCycleLR, flattened [lr_0, beta1_0, ...]:
+    the reference for our scheduler, computed by PyTorch alone."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, **kwargs)
+    out = []
+    for _ in range(total):
+        out += [opt.param_groups[0]['lr'], opt.param_groups[0]['betas'][0]]
+        opt.step()
+        sched.step()
+    return out
+
+
+def assert_backbone_is(loaded: Dict[str, torch.Tensor], hub: Dict[str, torch.Tensor]) -> None:
+    """An FCT model's backbone weights are exactly the plain model's from the Hub (its classifier aside)."""
+    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
+    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
+    for k, v in backbone.items():
+        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)

@@ -3,13 +3,12 @@ import re
 import shlex
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import train
-from tests.helpers import REPO, run_offline
+from tests.helpers import REPO, assert_backbone_is, run_offline
 from tests.test_pretrained import backbone_hub_cache
 from timm_fct.train.args import parse_args, resolve_args
 
@@ -82,10 +81,7 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
     assert result.returncode == 0, result.stderr[-3000:]
     hub = load_file(str(weights_file))
     loaded = load_file(str(out))
-    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
-    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
-    for k, v in backbone.items():
-        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+    assert_backbone_is(loaded, hub)
 
 
 def resolved(*flags: str):

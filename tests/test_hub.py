@@ -23,7 +23,7 @@ from timm_fct.export.hub import NO_TOKEN, export, push, validate_export
 from timm_fct.runs.folder import RunFolder, RunInfo, read_checkpoint
 from timm_fct.runs.load import load_model
 
-from tests.helpers import BEST_CHECKPOINT, SMALL_MODEL, assert_same_tensors, run_offline, write_hub_cache
+from tests.helpers import BEST_CHECKPOINT, assert_same_tensors, run_offline, write_hub_cache
 
 REPO_ID = 'org/fct-digits'
 TOKEN = 'hf_secret_test_token_0123456789'

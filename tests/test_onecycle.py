@@ -4,8 +4,7 @@ import torch
 import yaml
 
 from timm_fct.train.args import parse_args
-from timm_fct.train.onecycle import OneCycleScheduler
-from tests.helpers import QUICK, run_train
+from tests.helpers import QUICK, plain_one_cycle, run_train
 
 MAX_LR, TOTAL = 0.01, 40
 SHAPES = {  # flag -> OneCycleLR's own arguments for that shape
@@ -15,16 +14,7 @@ SHAPES = {  # flag -> OneCycleLR's own arguments for that shape
 
 
 def bare_one_cycle(total: int, **kwargs) -> list:
-    """lr and beta1 before each of `total` updates of Adam under a bare OneCycleLR, stepped as torch documents
-    it, flattened: [lr_0, beta1_0, lr_1, ...]."""
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=MAX_LR)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=MAX_LR, total_steps=total, **kwargs)
-    out = []
-    for _ in range(total):
-        out += [opt.param_groups[0]['lr'], opt.param_groups[0]['betas'][0]]
-        opt.step()
-        sched.step()
-    return out
+    return plain_one_cycle(MAX_LR, total, **kwargs)
 
 
 def ours(flags, total: int = TOTAL, start: int = 0) -> list:

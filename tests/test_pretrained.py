@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import timm_fct
 
-from tests.helpers import REPO, run_offline, write_hub_cache
+from tests.helpers import REPO, assert_backbone_is, run_offline, write_hub_cache
 from timm_fct.models.fct import checkpoint_filter_fn
 
 def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
@@ -46,10 +46,7 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
     assert result.returncode == 0, result.stderr
     hub = load_file(str(weights_file))
     loaded = load_file(str(out))
-    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
-    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
-    for k, v in backbone.items():
-        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+    assert_backbone_is(loaded, hub)
     assert any(k.startswith('fct.') for k in loaded) and 'head.fc.weight' in loaded
 
 
@@ -235,7 +232,4 @@ print(json.dumps(dict(hf_hub_id=model.pretrained_cfg.get('hf_hub_id'), interpola
     assert (resolved['mean'], resolved['std']) == (list(theirs.mean), list(theirs.std))
     assert resolved['img_size'] == theirs.input_size[-1]
     hub, loaded = load_file(str(weights_file)), load_file(str(out))
-    backbone = {k[len('backbone.'):]: v for k, v in loaded.items() if k.startswith('backbone.')}
-    assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
-    for k, v in backbone.items():
-        torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+    assert_backbone_is(loaded, hub)

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.helpers import QUICK, assert_same_tensors, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, summary_rows
+from tests.helpers import (
+    QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, assert_same_tensors, plain_one_cycle, run_train, summary_rows,
+)
 from timm_fct.data.datasets import DigitsDataset
 from timm_fct.data.transforms import eval_transform
 from timm_fct.runs.folder import RunFolder
@@ -151,18 +153,6 @@ def recording_train(tmp_path: Path, record: Path, *args: str, popen: bool = Fals
 def records(path: Path) -> list:
     """The recorded lr and beta1 of every update, flattened: [lr_0, beta1_0, lr_1, beta1_1, ...]."""
     return [v for line in path.read_text().splitlines() for v in json.loads(line)]
-
-
-def plain_one_cycle(max_lr: float, total: int) -> list:
-    """lr and beta1 before each step of torch.optim.Adam under a plain OneCycleLR, flattened as records()."""
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
-    out = []
-    for _ in range(total):
-        out += [opt.param_groups[0]['lr'], opt.param_groups[0]['betas'][0]]
-        opt.step()
-        sched.step()
-    return out
 
 
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycle(tmp_path):
