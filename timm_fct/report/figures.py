@@ -1,5 +1,4 @@
 """The report's figures: the confusion matrix (Fig. 3), Grad-CAM grids (Figs. 4, 5), attention, the comparison."""
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
