@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import timm
-from huggingface_hub import hf_hub_download
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 
 import timm_fct  # noqa: F401  registers the models
 
@@ -46,11 +46,18 @@ ROWS: Dict[str, Row] = {row.name: row for row in (
 
 def weights_unavailable(model: str) -> Optional[str]:
     """Why the ImageNet weights a pretrained model loads cannot be had here, or None when they are cached or
-    were just downloaded (huggingface_hub answers from its cache when offline)."""
+    were just downloaded.
+
+    The cache is read first and the Hub asked once per file without retries: hf_hub_download alone retries
+    an unreachable Hub for about 25 s per file, which made every offline rerun of reproduce.py wait a minute.
+    """
     repo = timm.get_pretrained_cfg(model).hf_hub_id
+    if any(isinstance(try_to_load_from_cache(repo, filename), str) for filename in WEIGHT_FILES):
+        return None
     errors = []
     for filename in WEIGHT_FILES:
         try:
+            get_hf_file_metadata(hf_hub_url(repo, filename), timeout=10)
             hf_hub_download(repo, filename)
             return None
         except Exception as e:  # offline, unreachable, or not in the repository: each its own exception type
