@@ -16,10 +16,17 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-import pytest
-import timm
+if os.environ.get('ATEN_CPU_CAPABILITY'):
+    # before torch is imported, which fixes the cache folder: torch.compile's on-disk cache does not key its
+    # kernels on this variable, and kernels cached by a run without it gave NaN logits under
+    # ATEN_CPU_CAPABILITY=avx2 (docs/development.md)
+    os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', os.path.join(
+        tempfile.gettempdir(), f'torchinductor-{os.environ["ATEN_CPU_CAPABILITY"]}'))
 
-from tests.helpers import SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, upstream_models
+import pytest  # noqa: E402
+import timm  # noqa: E402
+
+from tests.helpers import SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, upstream_models  # noqa: E402
 
 UPSTREAM_DIR = Path(__file__).parent / 'upstream'
 UPSTREAM_FILE = 'test_models.py'
