@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--pipeline-images', type=int, default=50000, help='CIFAR-shaped images, one epoch')
     parser.add_argument('--pipeline-batch-size', type=int, default=128)
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 8], help='DataLoader workers of the PIL pipeline')
-    parser.add_argument('--time-budget', type=float, default=270,
+    parser.add_argument('--time-budget', type=float, default=240,
                         help='seconds from the start: training settings not started by then are skipped')
     parser.add_argument('--out', type=Path, help='JSON file, rewritten after every measurement')
     return parser
