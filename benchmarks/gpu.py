@@ -42,6 +42,7 @@ FACTORS = ('bf16', 'channels_last', 'compile')
 FP32 = 'fp32'  # the combo with every factor off
 # each factor on and off against a neighbour: bf16 and channels_last alone and together, compile on top of both
 DEFAULT_COMBOS = (FP32, 'bf16', 'channels_last', 'bf16+channels_last', 'bf16+channels_last+compile')
+# the JSON records' keys, in order (docs/benchmarks.md lists them)
 TRAINING_FIELDS = ('row', 'model', 'batch_size', 'combo', *FACTORS, 'status', 'error', 'img_per_s', 'step_ms',
                    'peak_mem_gib', 'first_step_s', 'vs_baseline')
 PIPELINE_FIELDS = ('data', 'pipeline', 'batch_size', 'img_per_s', 'vs_pil')
@@ -160,9 +161,9 @@ def run_training(args: argparse.Namespace, results: Results) -> None:
                 torch._dynamo.reset()
                 forward = torch.compile(model)
             for batch_size in sorted(args.batch_sizes):
-                record = dict(row=row, model=row_model(row), batch_size=batch_size, combo=combo, **factors,
-                              status='skipped', error=None, img_per_s=None, step_ms=None, peak_mem_gib=None,
-                              first_step_s=None)
+                record = dict.fromkeys(TRAINING_FIELDS)
+                record.update(row=row, model=row_model(row), batch_size=batch_size, combo=combo, **factors,
+                              status='skipped')
                 if results.elapsed() < args.time_budget:
                     print(f'[{results.elapsed():6.1f} s] {record["model"]} batch {batch_size} {combo} ...', flush=True)
                     try:
@@ -191,8 +192,8 @@ def run_pipelines(args: argparse.Namespace, results: Results) -> None:
     print(f'[{results.elapsed():6.1f} s] pipelines on {name} ...', flush=True)
     rows = measure_pipeline(name, RandomImages(args.pipeline_images), IMG_SIZE, settings)
     base = rows[0][2]  # the first PIL setting
-    results.pipeline = [dict(data=data, pipeline=pipeline, batch_size=args.pipeline_batch_size, img_per_s=rate,
-                             vs_pil=rate / base) for data, pipeline, rate in rows]
+    results.pipeline = [dict(zip(PIPELINE_FIELDS, (data, pipeline, args.pipeline_batch_size, rate, rate / base)))
+                        for data, pipeline, rate in rows]
     results.write()
     free_memory(torch.device(args.device))
 
