@@ -9,7 +9,7 @@ at each model's default input size, plus the FCT/baseline ratios, as a Markdown 
 import argparse
 import fnmatch
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import timm
 import torch
@@ -48,6 +48,16 @@ def timed(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> flo
     return time.perf_counter() - start
 
 
+def train_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               target: torch.Tensor, amp_dtype: Optional[torch.dtype] = None) -> None:
+    """One training step: forward and cross-entropy (under autocast to `amp_dtype` if given), backward, update."""
+    with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 class Subject:
     """One model with its inference and training-step closures at its default input size."""
 
@@ -68,10 +78,7 @@ class Subject:
 
     def train_step(self) -> None:
         self.model.train()
-        loss = torch.nn.functional.cross_entropy(self.model(self.x), self.target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        train_step(self.model, self.optimizer, self.x, self.target)
 
 
 def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str, Dict[str, float]]:

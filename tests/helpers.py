@@ -16,6 +16,10 @@ REPO = Path(__file__).parent.parent
 SMALL_MODEL = 'resnet18_fct_bn_cifar'  # the model of the machinery tests and of train.py's main job
 BEST_CHECKPOINT = 'model_best.pth.tar'  # the name timm's CheckpointSaver gives a run's best checkpoint
 OUR_MODULES = ('fct', 'resnet_cifar')
+# the smallest network with every grid of the real ones: resnet18_cifar with one block a stage and 8-64
+# channels under 8-wide FCT modules (95k parameters); the costly part of a bf16 step is the backbone's width
+TINY_BACKBONE = dict(backbone='resnet18_cifar', backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)))
+TINY_EMBED_DIM = 8
 
 
 def our_models(include_tags: bool = False) -> List[str]:

@@ -26,13 +26,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from tests.helpers import summary_rows
+from tests.helpers import TINY_BACKBONE, TINY_EMBED_DIM, summary_rows
 from timm_fct.models.fct import FctNet, depthwise_conv
 
-# the smallest network with every grid of the real ones: resnet18_cifar with one block a stage and 8-64
-# channels under 8-wide FCT modules (95k parameters); the costly part of a bf16 step is the backbone's width
-TINY_BACKBONE = dict(backbone='resnet18_cifar', backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)))
-TINY_EMBED_DIM = 8
 TINY_TRAIN_ARGS = ('--model', 'fct_bn', '--model-kwargs', 'backbone=resnet18_cifar',
                    "backbone_kwargs={'layers':(1,1,1,1),'channels':(8,16,32,64)}", f'embed_dim={TINY_EMBED_DIM}')
 SINGLE_KEY = 'ignore:an FCT module attends over a single key'
