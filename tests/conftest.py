@@ -14,7 +14,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 if os.environ.get('ATEN_CPU_CAPABILITY'):
     # before torch is imported, which fixes the cache folder: torch.compile's on-disk cache does not key its
@@ -91,7 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
     for item in keep:
-        if launches_processes(item):
+        if is_slow(item):
             item.add_marker(pytest.mark.slow)
     # xdist hands tests out in this order: the ones that launch train.py and other processes first, so no
     # worker ends on a long one alone
@@ -99,20 +99,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     items[:] = keep
 
 
-PROCESS_FIXTURES = {'small_run', 'digits_run', 'table1_run'}  # fixtures that run train.py
-PROCESS_CALLS = ('run_train(', 'run_reproduce(', 'run_offline(', 'subprocess.', 'torch.multiprocessing', 'mp.spawn')
+SLOW_FIXTURES = {'small_run', 'digits_run', 'table1_run'}  # session fixtures that run train.py
+# what makes a test slow: it starts a process (train.py, torchrun, a fresh Python), trains in-process, or compiles
+SLOW_CALLS = ('run_train(', 'run_reproduce(', 'run_offline(', 'subprocess.', 'torch.multiprocessing', 'mp.spawn',
+              'train.main(', 'train.train_command(', 'torch.compile(')
 
 
-def launches_processes(item: pytest.Item) -> bool:
-    """A test is slow when it, or a fixture it uses, starts a process (train.py, torchrun, a fresh Python)."""
-    if PROCESS_FIXTURES & set(getattr(item, 'fixturenames', ())):
+def _sources(function: Callable, namespace: Dict[str, Any], depth: int = 3) -> Iterator[str]:
+    """The source of `function` and of the functions of its test module it names, `depth` calls deep."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return
+    yield source
+    if depth:
+        for name, value in namespace.items():
+            if inspect.isfunction(value) and value is not function and f'{name}(' in source \
+                    and value.__module__ == function.__module__:
+                yield from _sources(value, namespace, depth - 1)
+
+
+def is_slow(item: pytest.Item) -> bool:
+    """A test is slow when it, a fixture it uses or a helper of its module does something in SLOW_CALLS."""
+    if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
         return True
     function = getattr(item, 'function', None)
-    try:
-        source = inspect.getsource(function) if function else ''
-    except (OSError, TypeError):
+    if function is None:
         return False
-    return any(call in source for call in PROCESS_CALLS)
+    functions = [function] + [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
+                              if d.func.__module__ == function.__module__]
+    namespace = vars(item.module)
+    return any(call in source for f in functions for source in _sources(f, namespace) for call in SLOW_CALLS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Iterator[None]:
+    """The quick loop's promise, kept: a test not marked slow that starts a process fails, naming the fix."""
+    if item.get_closest_marker('slow'):
+        yield
+        return
+    execute_child = subprocess.Popen._execute_child
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f'{item.nodeid} starts a process ({args}) but is not marked slow: add what it '
+                             f'calls to SLOW_CALLS in tests/conftest.py, or mark it @pytest.mark.slow')
+    subprocess.Popen._execute_child = refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen._execute_child = execute_child
 
 
 @pytest.fixture(scope='session')

@@ -96,6 +96,7 @@ def test_torchscript_export_matches_pytorch(exported, name: str):
     assert_onnxruntime_matches(exported(name, small_size(name), False))
 
 
+@pytest.mark.slow  # the dynamo exporter traces the model through torch.export: tens of seconds per model
 @pytest.mark.parametrize('name, size', DYNAMO_CASES, ids=[n for n, _ in DYNAMO_CASES])
 def test_dynamo_export_matches_pytorch(exported, name: str, size: Tuple[int, int, int]):
     assert_onnxruntime_matches(exported(name, size, True))
