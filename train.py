@@ -48,7 +48,8 @@ from timm_fct.train.resume import check_resume, restore_saver, restore_training
 
 
 def build_datasets(args: argparse.Namespace) -> Tuple[Dataset, Dataset, List[str]]:
-    common = dict(download=args.dataset_download, batch_size=args.batch_size, seed=args.seed)
+    common = dict(download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
+                  input_key=args.input_key, target_key=args.target_key)
     train_ds = build_dataset(args.dataset, args.data_dir, args.train_split, is_training=True,
                              num_samples=args.train_num_samples, **common)
     eval_ds = build_dataset(args.dataset, args.data_dir, args.val_split, num_samples=args.val_num_samples, **common)

@@ -2,8 +2,8 @@
 shards built here from the digits, read offline; the streaming ones sharded by rank and worker with an exact epoch
 length; their mistakes one error line each."""
 import argparse
+import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.dataset_files import write_parquet_digits, write_wds_digits
-from tests.helpers import REPO, summary_rows
+from tests.helpers import REPO, run_train, summary_rows
 from timm_fct.data.datasets import DigitsDataset, build_dataset, class_names
 from timm_fct.data.loaders import build_loaders, set_epoch_seed
 
@@ -88,10 +88,15 @@ def test_streaming_epoch_has_the_announced_number_of_full_batches(name, wds_digi
     args = loader_args()
     train_loader, eval_loader = build_loaders(args, train, val)
     assert len(train_loader) == math.ceil(DIGITS_TRAIN / 64) == 22
-    for epoch in (0, 1):
+    orders = []
+    for epoch in (0, 1, 0):
         set_epoch_seed(args, train_loader, epoch)
-        sizes = [len(y) for _, y in train_loader]
-        assert sizes == [64] * 22
+        labels = [y for _, y in train_loader]
+        assert [len(y) for y in labels] == [64] * 22
+        orders.append(torch.cat(labels))
+    assert not torch.equal(orders[0], orders[1]), 'each epoch is shuffled anew'
+    if name == 'hfids':  # shuffled from (seed, epoch) alone: an epoch replays, as after a resume
+        assert torch.equal(orders[0], orders[2])
     assert sum(len(y) for _, y in eval_loader) == DIGITS_VAL
 
 
@@ -172,3 +177,70 @@ def test_an_empty_split(tmp_path, capsys):
     err = run_train_in_process(capsys, tmp_path, '--dataset', 'wds/digits', '--data-dir', str(shards),
                                '--num-classes', '10')
     assert 'empty dataset:' in err and ' training and 0 evaluation images' in err
+
+
+# --- whole runs: the same accuracy as the digits through the map-style path, resume, the report ------------------
+
+# the small run's settings (tests/helpers.py SMALL_RUN_ARGS, without the EMA) with the digits' own preprocessing,
+# which train.py gives only to sklearn/digits by name: 1 px pad-and-crop, no flips, their mean and std, no crop
+STREAM_RUN_ARGS = ('--no-progress', '--epochs', '2', '--img-size', '12', '-b', '64', '--model-kwargs', 'embed_dim=32',
+                   '--pad-crop', '1', '--hflip', '0', '--mean', *['0.3053'] * 3, '--std', *['0.3758'] * 3,
+                   '--crop-pct', '1')
+# top-1 of the same run on the digits through the map-style path, seeds 42, 1, 2 (docs/training.md): the stream
+# must land within this of the small run's
+ACCURACY_NOISE = 3.0
+
+
+def one_cycle_lr_after(max_lr: float, total: int) -> float:
+    """The lr a bare PyTorch OneCycleLR gives once all `total` steps are taken (what the last epoch records)."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
+    for _ in range(total):
+        opt.step()
+        sched.step()
+    return opt.param_groups[0]['lr']
+
+
+def last_top1(run: Path) -> float:
+    return float(summary_rows(run)[-1]['eval_top1'])
+
+
+def test_hfids_run_reaches_the_map_style_accuracy_and_reports_offline(small_run, hf_digits, tmp_path):
+    """train.py on the parquet digits streamed (hfids/), offline; then the report on the run's own dataset."""
+    result = run_train(*STREAM_RUN_ARGS, '--dataset', f'hfids/{hf_digits}', '--data-dir', str(tmp_path / 'cache'),
+                       '--train-num-samples', str(DIGITS_TRAIN), '--val-num-samples', str(DIGITS_VAL),
+                       '--output', str(tmp_path), '--experiment', 'hfids', **OFFLINE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / 'hfids'
+    assert last_top1(run) == pytest.approx(last_top1(small_run), abs=ACCURACY_NOISE)
+
+    from timm_fct.report.__main__ import main as report
+    assert report([str(run), '--out', str(tmp_path / 'report'), '--num-samples', str(DIGITS_VAL), '--max-images',
+                   '100', '--num-images', '4', '-j', '0', '--device', 'cpu']) == 0
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['num_images'] == 100 and metrics['class_names'] == DigitsDataset().classes
+
+
+def test_killed_wds_run_resumes_at_the_next_epoch_and_reaches_the_map_style_accuracy(small_run, wds_digits,
+                                                                                     tmp_path):
+    """SIGKILL once the first epoch is checkpointed, then --resume: the second epoch alone runs, at the one-cycle
+    position of an uninterrupted run (the last lr is the cycle's final one), to the map-style accuracy."""
+    argv = [*STREAM_RUN_ARGS, '--dataset', 'wds/digits', '--data-dir', str(wds_digits), '--num-classes', '10',
+            '--output', str(tmp_path), '--experiment', 'wds']
+    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith('epoch 1/2'):  # printed once epoch 1's checkpoint is on disk
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    run = tmp_path / 'wds'
+    resumed = run_train('--resume', str(run / 'last.pth.tar'), *argv)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'epoch 2/2' in resumed.stdout and 'epoch 1/2' not in resumed.stdout
+    rows = summary_rows(run)
+    assert [int(r['epoch']) for r in rows] == [0, 1]
+    updates = 2 * math.ceil(DIGITS_TRAIN / 64)  # the reader's epoch: the samples rounded up to whole batches
+    assert float(rows[-1]['lr']) == pytest.approx(one_cycle_lr_after(0.01 * 64 / 128, updates), rel=1e-4)
+    assert last_top1(run) == pytest.approx(last_top1(small_run), abs=ACCURACY_NOISE)

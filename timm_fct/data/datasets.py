@@ -61,17 +61,19 @@ def build_dataset(
         batch_size: int = 1,
         seed: int = 42,
         num_samples: Optional[int] = None,
+        input_key: Optional[str] = None,
+        target_key: Optional[str] = None,
 ) -> Dataset:
     """One split of DIGITS, a torchvision dataset ('torch/cifar10', ...), a timm reader dataset (hfds/, hfids/, wds/,
-    tfds/) or an image folder tree (name ''). The last four arguments are timm's, for streaming datasets."""
+    tfds/) or an image folder tree (name ''). The other arguments are timm's create_dataset's, for the readers."""
     if name == DIGITS:
         return DigitsDataset(split)
     kind = scheme(name)
     if kind == 'torch':
         return _torchvision(name, data_dir, split, download)
     if kind in SCHEMES:
-        return build_scheme_dataset(name, data_dir, split, download, is_training=is_training,
-                                    batch_size=batch_size, seed=seed, num_samples=num_samples)
+        return build_scheme_dataset(name, data_dir, split, download, is_training=is_training, batch_size=batch_size,
+                                    seed=seed, num_samples=num_samples, input_key=input_key, target_key=target_key)
     if name:
         raise FctError(
             f"unknown dataset {name!r}: expected {DIGITS!r}, 'torch/<name>' (e.g. torch/cifar10), "

@@ -46,8 +46,10 @@ def build_scheme_dataset(
         batch_size: int = 1,
         seed: int = 42,
         num_samples: Optional[int] = None,
+        input_key: Optional[str] = None,
+        target_key: Optional[str] = None,
 ) -> Dataset:
-    """One split of a hfds/, hfids/, wds/ or tfds/ dataset through timm's create_dataset."""
+    """One split of a hfds/, hfids/, wds/ or tfds/ dataset through timm's create_dataset (None: timm's default)."""
     kind = scheme(name)
     modules, install = LIBRARIES[kind]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
@@ -59,8 +61,9 @@ def build_scheme_dataset(
         _check_hfids_split(name, data_dir, split)
     try:
         dataset = create_dataset(name, root=data_dir, split=split, download=download, is_training=is_training,
-                                 batch_size=batch_size, seed=seed, num_samples=num_samples)
-    except (RuntimeError, ValueError, FileNotFoundError, ConnectionError) as e:
+                                 batch_size=batch_size, seed=seed, num_samples=num_samples, input_key=input_key,
+                                 target_key=target_key)
+    except (RuntimeError, ValueError, KeyError, FileNotFoundError, ConnectionError) as e:
         raise FctError(f'{name} split {split!r}{f" in {data_dir}" if data_dir else ""}: {_first_line(e)}'
                        f'{_hint(kind, e)}') from None
     return dataset

@@ -49,6 +49,11 @@ def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
                        help='number of samples in the train split, for streaming datasets that do not state it')
     group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
                        help='number of samples in the validation split, for streaming datasets that do not state it')
+    group.add_argument('--input-key', default=None, type=str,
+                       help="the image column of a Hugging Face dataset ('image' unless given; 'img' for "
+                            "uoft-cs/cifar10) or the image extensions of webdataset samples")
+    group.add_argument('--target-key', default=None, type=str,
+                       help="the label column of a Hugging Face dataset ('label' unless given)")
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='download the dataset if it is not present and the scheme supports it: torchvision '
                             '(CIFAR-10/100 into --data-dir), hfids/ (prepares it, counting its samples), tfds/')
