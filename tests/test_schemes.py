@@ -186,9 +186,10 @@ def test_an_empty_split(tmp_path, capsys):
 STREAM_RUN_ARGS = ('--no-progress', '--epochs', '2', '--img-size', '12', '-b', '64', '--model-kwargs', 'embed_dim=32',
                    '--pad-crop', '1', '--hflip', '0', '--mean', *['0.3053'] * 3, '--std', *['0.3758'] * 3,
                    '--crop-pct', '1')
-# top-1 of the same run on the digits through the map-style path, seeds 42, 1, 2 (docs/training.md): the stream
-# must land within this of the small run's
-ACCURACY_NOISE = 3.0
+# the seed-to-seed spread of this 2-epoch run's top-1, measured over seeds 42 and 1 (docs/training.md#beyond-one-
+# machine): map-style 93.78-96.00, hfids/ 94.00-94.22, wds/ 88.22-95.33; a stream must land this close to the small
+# run (seed 42, map-style); a broken one (labels, images, epoch length) is far below
+ACCURACY_NOISE = 8.0
 
 
 def one_cycle_lr_after(max_lr: float, total: int) -> float:
