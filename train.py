@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import timm_fct  # noqa: F401  registers the FCT models
 from timm_fct.cli import run_cli
-from timm_fct.data.datasets import build_dataset, class_names
+from timm_fct.data.datasets import build_dataset, dataset_class_names
 from timm_fct.data.loaders import Loader, build_loaders, set_epoch_seed
 from timm_fct.errors import DivergedError, FctError
 from timm_fct.runs.folder import RunFolder, read_checkpoint
@@ -48,11 +48,14 @@ from timm_fct.train.resume import check_resume, restore_saver, restore_training
 
 
 def build_datasets(args: argparse.Namespace) -> Tuple[Dataset, Dataset, List[str]]:
-    train_ds = build_dataset(args.dataset, args.data_dir, args.train_split, args.dataset_download)
-    eval_ds = build_dataset(args.dataset, args.data_dir, args.val_split, args.dataset_download)
-    names = class_names(train_ds)
+    common = dict(download=args.dataset_download, batch_size=args.batch_size, seed=args.seed,
+                  input_key=args.input_key, target_key=args.target_key)
+    train_ds = build_dataset(args.dataset, args.data_dir, args.train_split, is_training=True,
+                             num_samples=args.train_num_samples, **common)
+    eval_ds = build_dataset(args.dataset, args.data_dir, args.val_split, num_samples=args.val_num_samples, **common)
     if len(train_ds) == 0 or len(eval_ds) == 0:
         raise FctError(f'empty dataset: {len(train_ds)} training and {len(eval_ds)} evaluation images')
+    names = dataset_class_names(train_ds, args.num_classes)
     args.num_classes = args.num_classes or len(names)
     if args.num_classes != len(names):
         raise FctError(f'--num-classes {args.num_classes} but the dataset has {len(names)} classes')

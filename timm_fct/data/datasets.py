@@ -13,6 +13,7 @@ from timm.data import create_dataset
 from torch.utils.data import Dataset
 
 from ..errors import FctError
+from .schemes import SCHEMES, build_scheme_dataset, hfids_class_names, scheme
 
 DIGITS = 'sklearn/digits'
 DIGITS_MEAN = (0.3053,) * 3  # of the training split, images scaled to [0, 1]
@@ -56,26 +57,41 @@ def build_dataset(
         data_dir: Optional[str],
         split: str,
         download: bool = False,
+        is_training: bool = False,
+        batch_size: int = 1,
+        seed: int = 42,
+        num_samples: Optional[int] = None,
+        input_key: Optional[str] = None,
+        target_key: Optional[str] = None,
 ) -> Dataset:
-    """One split of DIGITS, a torchvision dataset ('torch/cifar10', ...) or an ImageFolder tree (name '')."""
+    """One split of DIGITS, a torchvision dataset ('torch/cifar10', ...), a timm reader dataset (hfds/, hfids/, wds/,
+    tfds/) or an image folder tree (name ''). The other arguments are timm's create_dataset's, for the readers."""
     if name == DIGITS:
         return DigitsDataset(split)
-    if name.startswith('torch/'):
-        if not data_dir:
-            raise FctError(f'--data-dir is required for {name} (where it is, or where to download it)')
-        if download and name not in TORCH_DOWNLOADABLE:
-            raise FctError(f'--dataset-download supports {", ".join(TORCH_DOWNLOADABLE)}, not {name}')
-        try:
-            return create_dataset(name, root=data_dir, split=split, download=download)
-        except AssertionError as e:  # timm's message for an unknown torchvision name
-            raise FctError(f'unknown dataset {name!r}: {e}') from None
-        except RuntimeError as e:  # torchvision: not found and not downloading
-            raise FctError(f'{name} not found in {data_dir} ({e}); add --dataset-download to fetch it') from None
+    kind = scheme(name)
+    if kind == 'torch':
+        return _torchvision(name, data_dir, split, download)
+    if kind in SCHEMES:
+        return build_scheme_dataset(name, data_dir, split, download, is_training=is_training, batch_size=batch_size,
+                                    seed=seed, num_samples=num_samples, input_key=input_key, target_key=target_key)
     if name:
         raise FctError(
-            f"unknown dataset {name!r}: expected {DIGITS!r}, 'torch/<name>' (e.g. torch/cifar10) "
-            f"or '' with --data-dir pointing at an ImageFolder tree")
+            f"unknown dataset {name!r}: expected {DIGITS!r}, 'torch/<name>' (e.g. torch/cifar10), "
+            f"{', '.join(s + '/<name>' for s in SCHEMES)}, or '' with --data-dir pointing at an image folder tree")
     return _image_folder(data_dir, split)
+
+
+def _torchvision(name: str, data_dir: Optional[str], split: str, download: bool) -> Dataset:
+    if not data_dir:
+        raise FctError(f'--data-dir is required for {name} (where it is, or where to download it)')
+    if download and name not in TORCH_DOWNLOADABLE:
+        raise FctError(f'--dataset-download supports {", ".join(TORCH_DOWNLOADABLE)}, not {name}')
+    try:
+        return create_dataset(name, root=data_dir, split=split, download=download)
+    except AssertionError as e:  # timm's message for an unknown torchvision name
+        raise FctError(f'unknown dataset {name!r}: {e}') from None
+    except RuntimeError as e:  # torchvision: not found and not downloading
+        raise FctError(f'{name} not found in {data_dir} ({e}); add --dataset-download to fetch it') from None
 
 
 def _image_folder(data_dir: Optional[str], split: str) -> Dataset:
@@ -93,7 +109,8 @@ def _image_folder(data_dir: Optional[str], split: str) -> Dataset:
 
 
 def class_names(dataset: Dataset) -> List[str]:
-    """Label names in class-index order, for torchvision, timm ImageFolder and DIGITS datasets."""
+    """Label names in class-index order, for torchvision, timm reader (folder, Hugging Face) and DIGITS datasets;
+    webdataset shards carry none."""
     classes = getattr(dataset, 'classes', None)
     if classes:
         return [str(c) for c in classes]
@@ -101,4 +118,17 @@ def class_names(dataset: Dataset) -> List[str]:
     class_to_idx = getattr(reader, 'class_to_idx', None)
     if class_to_idx:
         return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-    raise FctError(f'cannot tell the class names of {type(dataset).__name__}')
+    names = hfids_class_names(dataset)
+    if names:
+        return names
+    raise FctError(f'cannot tell the class names of {type(dataset).__name__}; give their number with --num-classes')
+
+
+def dataset_class_names(dataset: Dataset, num_classes: Optional[int] = None) -> List[str]:
+    """The dataset's class names; for one that has none (webdataset shards), '0' ... from --num-classes."""
+    try:
+        return class_names(dataset)
+    except FctError:
+        if not num_classes:
+            raise
+        return [str(i) for i in range(num_classes)]

@@ -33,10 +33,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     data.add_argument('--dataset', default=None,
                       help=f"dataset name; default: the one the model was trained on, else {DIGITS!r}")
     data.add_argument('--data-dir', default=None, help="dataset root; default: the run's")
-    data.add_argument('--dataset-download', action='store_true', help='download a torchvision dataset')
+    data.add_argument('--dataset-download', action='store_true',
+                      help='download the dataset where the scheme supports it (torchvision, hfids/, tfds/)')
     data.add_argument('--split', default='validation', help="dataset split to evaluate (default: 'validation')")
     data.add_argument('--max-images', type=positive_int, default=None,
-                      help='evaluate at most this many images, spread over the split; all when not given')
+                      help='evaluate at most this many images, spread over the split (the first ones of a '
+                           'streaming split); all when not given')
+    data.add_argument('--num-samples', type=positive_int, default=None,
+                      help='number of samples in the split, for streaming datasets that do not state it (as '
+                           "timm's validate.py)")
     parser.add_argument('-b', '--batch-size', type=positive_int, default=128, help='(default: 128)')
     parser.add_argument('-j', '--workers', type=int, default=default_workers(),
                         help='data loading processes (default: one per core but one, at most 8)')

@@ -1,12 +1,14 @@
 """What a report evaluates: the models' names and weights, the dataset and its subset, each model's transform."""
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+import itertools
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..data.datasets import DIGITS, class_names
+from ..data.schemes import is_streaming
 from ..data.transforms import eval_transform
 from ..errors import FctError
 from ..runs.folder import RunInfo
@@ -71,6 +73,24 @@ def resolve_dataset(name: Optional[str], data_dir: Optional[str],
         run_name, run_dir = trained_on.pop()
         return run_name, data_dir or run_dir
     return DIGITS, data_dir
+
+
+class HeldImages(Dataset):
+    """The first images of a streaming split, held in memory so the report can index them as any dataset."""
+
+    def __init__(self, stream: Dataset, count: Optional[int]):
+        self.samples = list(itertools.islice(stream, count))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Tuple[Any, int]:
+        return self.samples[i]
+
+
+def indexable(dataset: Dataset, max_images: Optional[int]) -> Dataset:
+    """The dataset itself, or for a streaming one (wds/, hfids/, tfds/) its first max_images images (all without)."""
+    return HeldImages(dataset, max_images) if is_streaming(dataset) else dataset
 
 
 def spread_indices(length: int, count: Optional[int]) -> List[int]:

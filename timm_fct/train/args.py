@@ -39,12 +39,24 @@ def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (positional, same as --data-dir)')
     group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
     group.add_argument('--dataset', metavar='NAME', default=None,
-                       help=f"'{DIGITS}' (default with no --data-dir, ships with scikit-learn), 'torch/cifar10', "
-                            "'torch/cifar100', or '' for an ImageFolder tree in --data-dir")
-    group.add_argument('--train-split', default='train')
-    group.add_argument('--val-split', default='validation')
+                       help=f"'{DIGITS}' (default with no --data-dir, ships with scikit-learn); any of timm's: "
+                            "'torch/cifar10' (torchvision), 'hfds/NAME' (Hugging Face datasets, a Hub name or a local "
+                            "folder), 'hfids/NAME' (the same, streamed), 'wds/NAME' (webdataset shards in --data-dir), "
+                            "'tfds/NAME'; or '' for an image folder tree in --data-dir")
+    group.add_argument('--train-split', default='train', help='dataset train split (default: train)')
+    group.add_argument('--val-split', default='validation', help='dataset validation split (default: validation)')
+    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+                       help='number of samples in the train split, for streaming datasets that do not state it')
+    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+                       help='number of samples in the validation split, for streaming datasets that do not state it')
+    group.add_argument('--input-key', default=None, type=str,
+                       help="the image column of a Hugging Face dataset ('image' unless given; 'img' for "
+                            "uoft-cs/cifar10) or the image extensions of webdataset samples")
+    group.add_argument('--target-key', default=None, type=str,
+                       help="the label column of a Hugging Face dataset ('label' unless given)")
     group.add_argument('--dataset-download', action='store_true', default=False,
-                       help='download torchvision datasets (CIFAR-10/100) into --data-dir')
+                       help='download the dataset if it is not present and the scheme supports it: torchvision '
+                            '(CIFAR-10/100 into --data-dir), hfids/ (prepares it, counting its samples), tfds/')
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
