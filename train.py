@@ -44,7 +44,7 @@ from timm_fct.runs.folder import RunFolder, read_checkpoint
 from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
 from timm_fct.train.onecycle import OneCycleScheduler
 from timm_fct.train.record import RunRecord
-from timm_fct.train.resume import check_resume, restore_saver, restore_training
+from timm_fct.train.resume import check_resume, resolve_auto_resume, restore_saver, restore_training
 
 
 def build_datasets(args: argparse.Namespace) -> Tuple[Dataset, Dataset, List[str]]:
@@ -271,6 +271,7 @@ def train_command(argv: Optional[Sequence[str]] = None) -> int:
     train_ds, eval_ds, labels = build_datasets(args)
     model = build_model(args)
     data_config = resolve_preprocessing(args, model)
+    resolve_auto_resume(args)
     resume = read_checkpoint(args.resume) if args.resume else None
     if resume:
         check_resume(resume, args, model)

@@ -1,4 +1,4 @@
-"""Test setup: timm's own model test file for the installed timm, the slow marker, and the shared train.py run.
+"""Test setup: timm's own model test file for the installed timm, the slow marker, and the shared train.py runs.
 
 Helpers live in tests/helpers.py; the `slow` marker is set here on every test that launches a process
 (train.py, torchrun, a fresh Python), so `pytest -m "not slow"` is the quick loop.
@@ -9,6 +9,7 @@ git), and collected like our own tests, keeping only the cases it parametrizes w
 """
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -26,7 +27,10 @@ if os.environ.get('ATEN_CPU_CAPABILITY'):
 import pytest  # noqa: E402
 import timm  # noqa: E402
 
-from tests.helpers import SMALL_RUN_ARGS, SMALL_RUN_UMASK, run_train, upstream_models  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    DISTRIBUTED_ARGS, RANK_STATES_WRAPPER, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, free_port, run_train, torchrun,
+    upstream_models,
+)
 
 UPSTREAM_DIR = Path(__file__).parent / 'upstream'
 UPSTREAM_FILE = 'test_models.py'
@@ -99,10 +103,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     items[:] = keep
 
 
-SLOW_FIXTURES = {'small_run', 'digits_run', 'table1_run'}  # session fixtures that run train.py
+SLOW_FIXTURES = {'small_run', 'two_node_run', 'digits_run', 'table1_run'}  # session fixtures that run train.py
 # what makes a test slow: it starts a process (train.py, torchrun, a fresh Python), trains in-process, or compiles
-SLOW_CALLS = ('run_train(', 'run_reproduce(', 'run_offline(', 'subprocess.', 'torch.multiprocessing', 'mp.spawn',
-              'train.main(', 'train.train_command(', 'torch.compile(')
+SLOW_CALLS = ('run_train(', 'run_reproduce(', 'run_offline(', 'torchrun(', 'subprocess.', 'torch.multiprocessing',
+              'mp.spawn', 'train.main(', 'train.train_command(', 'torch.compile(')
 
 
 def _sources(function: Callable, namespace: Dict[str, Any], depth: int = 3) -> Iterator[str]:
@@ -150,17 +154,50 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) 
         subprocess.Popen._execute_child = execute_child
 
 
-@pytest.fixture(scope='session')
-def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """A small real train.py run folder (resnet18_fct_bn_cifar on the digits), made once and shared by all workers."""
+def made_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+              make: Callable[[Path], None]) -> Path:
+    """A folder that `make` fills once per session, in whichever xdist worker asks first, shared by all."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp() if worker_id == 'master' else tmp_path_factory.getbasetemp().parent
-    run_dir = root / 'small_run' / 'digits'
-    with FileLock(str(root / 'small_run.lock')):
-        if not (run_dir / 'model_best.pth.tar').exists():
-            result = run_train(*SMALL_RUN_ARGS, '--output', str(run_dir.parent), '--experiment', run_dir.name,
-                               umask=SMALL_RUN_UMASK)
-            if result.returncode:
-                pytest.fail(f'train.py failed:\n{result.stdout}\n{result.stderr}')
-    return run_dir
+    folder, done = root / name, root / f'{name}.done'
+    with FileLock(str(root / f'{name}.lock')):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope='session')
+def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A small real train.py run folder (resnet18_fct_bn_cifar on the digits), made once and shared by all workers."""
+    def make(folder: Path) -> None:
+        result = run_train(*SMALL_RUN_ARGS, '--output', str(folder), '--experiment', 'digits', umask=SMALL_RUN_UMASK)
+        if result.returncode:
+            pytest.fail(f'train.py failed:\n{result.stdout}\n{result.stderr}')
+
+    return made_once(tmp_path_factory, worker_id, 'small_run', make) / 'digits'
+
+
+TWO_NODES = ('--nnodes', '2', '--nproc-per-node', '1', '--rdzv-backend', 'c10d')
+
+
+@pytest.fixture(scope='session')
+def two_node_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """DISTRIBUTED_ARGS trained by torchrun started twice on this machine, two 'nodes' of one process each meeting at
+    a c10d rendezvous, as on a cluster: the run folder `run`, and each rank's final parameters in rank<R>.pt beside
+    it."""
+    def make(folder: Path) -> None:
+        wrapper = folder / 'ddp_train.py'
+        wrapper.write_text(RANK_STATES_WRAPPER.format(repo=str(REPO), out=str(folder)))
+        endpoint = f'localhost:{free_port()}'
+        nodes = [torchrun(*TWO_NODES, '--rdzv-endpoint', endpoint, str(wrapper), '--no-progress', *DISTRIBUTED_ARGS,
+                          '-b', '64', '--output', str(folder), '--experiment', 'run') for _ in range(2)]
+        for node in nodes:
+            out, err = node.communicate(timeout=900)
+            if node.returncode:
+                pytest.fail(f'a torchrun node failed:\n{out}\n{err[-3000:]}')
+
+    return made_once(tmp_path_factory, worker_id, 'two_node_run', make)

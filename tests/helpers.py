@@ -1,6 +1,7 @@
 """Helpers the tests share: one name per model, running train.py and offline Hub loads, comparing tensors."""
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,46 @@ def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, umask:
                           env={**os.environ, **env}, preexec_fn=None if umask is None else lambda: os.umask(umask))
 
 
+def torchrun(*args: str) -> subprocess.Popen:
+    """`torchrun ARGS` from the repository root, output captured; one thread per process, as on an xdist worker
+    (two processes of two threads each on two cores thrash)."""
+    return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+# the distributed tests' run: test_convnext, which has no BatchNorm (per-replica statistics would make two processes
+# differ from one by design), on the digits at 32 px with no augmentation, 3 epochs of 10 updates at a global batch
+# of 128 (-b 64 on two processes), and an EMA that moves in 30 updates
+DISTRIBUTED_ARGS = ('--epochs', '3', '--model', 'test_convnext', '--img-size', '32', '--pad-crop', '0', '--pipeline',
+                    'memory', '--device', 'cpu', '--model-ema', '--model-ema-decay', '0.9')
+
+# train.py with each rank's parameters saved to {out}/rank<R>.pt at every epoch's replica check (the last one stays)
+RANK_STATES_WRAPPER = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+import train
+check = train.check_replicas_in_sync
+def dump_then_check(args, model):
+    torch.save({{k: v.detach().clone() for k, v in model.state_dict().items()}}, f'{out}/rank{{args.rank}}.pt')
+    check(args, model)
+train.check_replicas_in_sync = dump_then_check
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
 # a cheap setting for the tests about the training machinery, not the accuracy: the digits at their native 8 px
 QUICK = ('--img-size', '8', '--model-kwargs', 'embed_dim=32', '-b', '64')
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint as torch saved it, on the CPU."""
+    return torch.load(path, map_location='cpu', weights_only=False)
 
 
 def summary_rows(run_dir: Path) -> list:

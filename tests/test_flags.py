@@ -132,24 +132,30 @@ def test_resume_refuses_a_changed_model_or_preprocessing_flag(changed, named):
     assert named in str(e.value)
 
 
-TORCHRUN = re.compile(r'torchrun --nproc_per_node (\d+) train\.py ([^`\n|]+)')
+# `torchrun [--nnodes M] --nproc_per_node N [--rdzv_... VALUE | --max_restarts K ...] train.py ARGS`
+TORCHRUN = re.compile(r'torchrun (?:--nnodes (\d+) )?--nproc_per_node (\d+)(?: --(?:rdzv|max)_\w+ \S+)* train\.py '
+                      r'([^`\n|]+)')
 
 
-def torchrun_resolution(nproc: str, argline: str):
-    """(global batch, lr) that `torchrun --nproc_per_node N train.py ARGS` trains with: N processes' batches."""
+def torchrun_resolution(nnodes: str, nproc: str, argline: str):
+    """(global batch, lr) that `torchrun --nnodes M --nproc_per_node N train.py ARGS` trains with: M x N processes'
+    batches."""
+    world_size = int(nnodes or 1) * int(nproc)
     args = parse_args(['--device', 'cpu', *shlex.split(argline)])
-    args.distributed, args.world_size, args.rank, args.local_rank = False, int(nproc), 0, 0
+    args.distributed, args.world_size, args.rank, args.local_rank = False, world_size, 0, 0
     resolve_args(args)
-    return args.batch_size * int(nproc), args.lr
+    return args.batch_size * world_size, args.lr
 
 
-def test_the_multi_gpu_example_keeps_the_papers_global_batch_and_learning_rate(monkeypatch):
-    """train.py's own torchrun example: the paper's batch of 128 and lr 0.01 on any number of processes."""
+def test_the_multi_gpu_examples_keep_the_papers_global_batch_and_learning_rate(monkeypatch):
+    """train.py's and the README's torchrun examples: the paper's batch of 128 and lr 0.01 on any number of
+    processes and nodes."""
     monkeypatch.chdir(REPO)
     examples = TORCHRUN.findall(train.__doc__)
-    assert examples
-    for nproc, argline in examples:
-        assert torchrun_resolution(nproc, argline) == (128, pytest.approx(0.01)), argline
+    cluster = TORCHRUN.findall((REPO / 'README.md').read_text())
+    assert examples and cluster and all(nnodes for nnodes, _, _ in cluster)
+    for nnodes, nproc, argline in examples + cluster:
+        assert torchrun_resolution(nnodes, nproc, argline) == (128, pytest.approx(0.01)), argline
 
 
 def test_the_training_docs_say_what_each_torchrun_command_gives(monkeypatch):
@@ -159,6 +165,6 @@ def test_the_training_docs_say_what_each_torchrun_command_gives(monkeypatch):
             if line.startswith('| `torchrun')]
     assert rows
     for row in rows:
-        (nproc, argline), = TORCHRUN.findall(row)
+        (nnodes, nproc, argline), = TORCHRUN.findall(row)
         batch, lr = (re.match(r'\s*([\d.]+)', cell).group(1) for cell in row.split('|')[2:4])
-        assert torchrun_resolution(nproc, argline) == (int(batch), pytest.approx(float(lr))), row
+        assert torchrun_resolution(nnodes, nproc, argline) == (int(batch), pytest.approx(float(lr))), row

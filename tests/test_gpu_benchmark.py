@@ -6,7 +6,6 @@ network here; what is checked is the script's bookkeeping, which does not depend
 where the CPU emulates it) and no torch.compile (a C++ toolchain and a minute).
 """
 import json
-import sys
 from pathlib import Path
 
 import pytest

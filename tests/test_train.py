@@ -15,15 +15,12 @@ import torch.nn.functional as F
 import yaml
 
 from tests.helpers import (
-    QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, assert_same_tensors, plain_one_cycle, run_train, summary_rows,
+    QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, assert_same_tensors, free_port, plain_one_cycle, read_state,
+    run_train, summary_rows,
 )
 from timm_fct.data.datasets import DigitsDataset
 from timm_fct.data.transforms import eval_transform
 from timm_fct.runs.folder import RunFolder
-
-
-def read_state(path: Path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)
 
 
 def validation_logits(run: Path, state_dict: dict):
@@ -278,43 +275,6 @@ def test_resume_with_other_preprocessing_is_refused_and_changes_nothing(tmp_path
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-DDP_WRAPPER = """
-import sys, torch
-sys.path.insert(0, {repo!r})
-import train
-check = train.check_replicas_in_sync
-def dump_then_check(args, model):
-    torch.save({{k: v.detach().clone() for k, v in model.state_dict().items()}}, f'{out}/rank{{args.rank}}.pt')
-    check(args, model)
-train.check_replicas_in_sync = dump_then_check
-sys.exit(train.main(sys.argv[1:]))
-"""
-
-
-def test_two_gloo_processes_stay_in_sync_and_match_one_process_at_the_same_global_batch(tmp_path):
-    """test_convnext has no BatchNorm, whose per-replica statistics would make the two runs differ by design."""
-    wrapper = tmp_path / 'ddp_train.py'
-    wrapper.write_text(DDP_WRAPPER.format(repo=str(REPO), out=str(tmp_path)))
-    common = ('--no-progress', '--epochs', '1', '--model', 'test_convnext', '--img-size', '32', '--pad-crop', '0',
-              '--pipeline', 'memory', '--device', 'cpu', '--output', str(tmp_path))
-    ddp = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
-         str(wrapper), *common, '-b', '64', '--experiment', 'ddp'],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = run_train(*common[1:], '-b', '128', '--experiment', 'single')
-    assert single.returncode == 0, single.stderr[-3000:]
-
-    ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1)]
-    assert_same_tensors(ranks[0], ranks[1], 'rank 0 vs rank 1', exact=False)
-    one = read_state(tmp_path / 'single' / 'last.pth.tar')['state_dict']
-    for k, v in one.items():
-        torch.testing.assert_close(ranks[0][k], v, rtol=1e-3, atol=1e-4, msg=k)
-    args = yaml.safe_load((tmp_path / 'ddp' / 'args.yaml').read_text())
-    assert args['world_size'] == 2 and args['lr'] == pytest.approx(0.01 * 2 * 64 / 128)  # linear in the global batch
-    assert yaml.safe_load((tmp_path / 'single' / 'args.yaml').read_text())['lr'] == pytest.approx(args['lr'])
-
-
 def test_sharded_evaluation_counts_every_image_once(tmp_path):
     """Two processes each evaluate half of the 450 images; the summed metrics equal one process evaluating all."""
     result = subprocess.run(
@@ -383,13 +343,9 @@ def _sharded_eval_worker(rank: int, world_size: int, port: int, out: str) -> Non
 def test_sharded_evaluation_of_an_odd_count_counts_every_image_once(tmp_path):
     """Two ranks evaluate 21 images (11 + 10, so one rank runs a batch more) through either pipeline; the
     summed metrics are those of one plain pass over all 21, and 21 images were counted, not 20 or 22."""
-    import socket
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     out = tmp_path / 'metrics.json'
-    mp.spawn(_sharded_eval_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    mp.spawn(_sharded_eval_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     results = json.loads(out.read_text())
 
     from timm_fct.data.datasets import DIGITS_MEAN, DIGITS_STD

@@ -52,6 +52,7 @@ class RunFolder:
     SUMMARY = 'summary.csv'  # one row per epoch
     LAST = 'last.pth.tar'  # timm CheckpointSaver checkpoints ('state_dict', optional 'state_dict_ema', ...)
     BEST = 'model_best.pth.tar'
+    NUMBERED = 'checkpoint-{}.pth.tar'  # an epoch's, kept by --checkpoint-hist: a link or copy of a whole last.pth.tar
     LOSS_PLOT = 'loss.png'
     ACCURACY_PLOT = 'accuracy.png'
     COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_time')
@@ -125,6 +126,18 @@ class RunFolder:
             if (self.path / name).is_file():
                 return self.path / name
         raise FctError(f'no checkpoint in {self.path}: expected {self.BEST} or {self.LAST}')
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        """The checkpoint a run killed at any moment continues from: last.pth.tar, else the newest numbered one;
+        None when the run has none yet. timm's saver writes tmp.pth.tar and renames it onto last.pth.tar after
+        unlinking the old one, so a checkpoint being written is never one of these, and a kill between the unlink
+        and the rename leaves the numbered ones."""
+        if (self.path / self.LAST).is_file():
+            return self.path / self.LAST
+        prefix, suffix = self.NUMBERED.split('{}')
+        epochs = [p.name[len(prefix):-len(suffix)] for p in self.path.glob(self.NUMBERED.format('*'))]
+        epochs = [int(e) for e in epochs if e.isdigit()]
+        return self.path / self.NUMBERED.format(max(epochs)) if epochs else None
 
 
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:

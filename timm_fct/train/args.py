@@ -144,7 +144,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--pin-mem', action='store_true', default=None, help='default: on for cuda')
     group.add_argument('--seed', type=int, default=42)
     group.add_argument('--resume', default='', metavar='PATH', help='checkpoint to resume model, optimizer, '
-                       'scheduler, EMA, AMP scaler and epoch from; the run continues in its folder')
+                       "scheduler, EMA, AMP scaler and epoch from; the run continues in its folder. 'auto': the "
+                       'newest checkpoint in --output/--experiment if it has one, else a fresh start (one command '
+                       'for the first start and every restart, e.g. under torchrun --max-restarts)')
     group.add_argument('--output', default='output/train', metavar='DIR', help='parent folder of the run folder')
     group.add_argument('--experiment', default='', metavar='NAME', help='run folder name (default: time-model)')
     group.add_argument('--checkpoint-hist', type=int, default=1, help='per-epoch checkpoints kept')

@@ -1,24 +1,63 @@
 """Resuming a train.py run from its checkpoint, read once: checked against the new flags, then restored.
 
+`--resume auto` finds the checkpoint itself (the run folder's newest, or none: a fresh start), so the same
+command serves a first start and every restart of a worker group (torchrun --max-restarts).
+
 timm's `resume_task_checkpoint`, `load_task_ema_checkpoint` and `CheckpointSaver.load_state_dict_from_checkpoint`
 each read the file themselves; with the check below that was four reads of one checkpoint. Here the parts
 go from the one read to the same public setters those helpers call.
 """
 import argparse
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
 
+import torch.distributed as dist
 import torch.nn as nn
+import yaml
 from timm.models import clean_state_dict
 from timm.task import TrainingTask
 from timm.utils import CheckpointSaver, NativeScaler
 from torch.optim import Optimizer
 
 from ..errors import FctError
+from ..runs.folder import RunFolder
 from ..runs.load import load_state
+
+AUTO = 'auto'
 
 # what a run is: a resume must keep these, or its weights, metrics and recorded preprocessing would disagree
 RUN_IDENTITY_ARGS = ('model', 'model_kwargs', 'num_classes', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation',
                      'dataset', 'drop', 'drop_path', 'pretrained')
+
+
+def resolve_auto_resume(args: argparse.Namespace) -> None:
+    """--resume auto becomes the run folder's newest complete checkpoint, or '' (a fresh start) when it has none;
+    a folder with no checkpoint but another run's settings is refused. Rank 0 looks and every process takes its
+    answer, so a restarted worker group agrees on where it stands."""
+    if args.resume != AUTO:
+        return
+    if not args.experiment:
+        raise FctError('--resume auto needs --experiment NAME: it resumes the run folder --output/--experiment '
+                       'when that holds a checkpoint, and starts it otherwise')
+    answer = [_look_in_run_folder(RunFolder(Path(args.output) / args.experiment), args) if args.rank == 0 else None]
+    if args.distributed:
+        dist.broadcast_object_list(answer, src=0)
+    checkpoint, error = answer[0]
+    if error:
+        raise FctError(error)
+    args.resume = checkpoint
+
+
+def _look_in_run_folder(folder: RunFolder, args: argparse.Namespace) -> Tuple[str, str]:
+    """(checkpoint path or '', error or ''): what --resume auto makes of this folder."""
+    checkpoint = folder.latest_checkpoint()
+    if checkpoint is not None:
+        return str(checkpoint), ''
+    try:  # killed before its first checkpoint: the folder still says which run it is
+        check_same_run(yaml.safe_load(folder.args_text()) or {}, args, f'--resume auto ({folder.path / folder.ARGS})')
+    except FctError as e:
+        return '', str(e)
+    return '', ''
 
 
 def check_resume(ckpt: Mapping[str, Any], args: argparse.Namespace, model: nn.Module) -> None:
@@ -27,13 +66,18 @@ def check_resume(ckpt: Mapping[str, Any], args: argparse.Namespace, model: nn.Mo
     if arch and arch != args.model:
         raise FctError(f'--resume {args.resume} is a checkpoint of {arch}, not of --model {args.model}')
     saved = ckpt.get('args')
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {})
+    check_same_run(vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {}), args,
+                   f'--resume {args.resume}')
+    load_state(model, ckpt['state_dict'], args.resume)
+
+
+def check_same_run(saved: Mapping[str, Any], args: argparse.Namespace, source: str) -> None:
+    """Refuse, naming each difference, flags that change what the run `saved` (its arguments) is."""
     differ = [f'--{k.replace("_", "-")} {getattr(args, k)!r} (the run has {saved[k]!r})'
               for k in RUN_IDENTITY_ARGS if k in saved and _comparable(saved[k]) != _comparable(getattr(args, k))]
     if differ:
-        raise FctError(f'--resume {args.resume}: a resumed run keeps its model and preprocessing, but '
+        raise FctError(f'{source}: a resumed run keeps its model and preprocessing, but '
                        f'{"; ".join(differ)}; drop these flags, or start a new run')
-    load_state(model, ckpt['state_dict'], args.resume)
 
 
 def _comparable(value: Any) -> Any:
