@@ -82,11 +82,15 @@ class Subject:
 
 
 def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
-    """Alternate the two models for several rounds and keep each one's best rate, so drift hits both."""
+    """Alternate the two models for several rounds and keep each one's best rate, so drift hits both.
+
+    Also returns, under 'spread', half the interquartile range of the FCT/baseline ratio of each round
+    (both models timed back to back): how far one round's ratio strays, a measure of the noise.
+    """
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     subjects = [Subject(base_name, args), Subject(fct_name, args)]
-    best = {s.name: dict(params=s.params, gflops=s.gflops, infer=0.0, train=0.0) for s in subjects}
+    rates: Dict[str, Dict[str, List[float]]] = {s.name: dict(infer=[], train=[]) for s in subjects}
     for s in subjects:
         for _ in range(args.warmup):
             s.infer()
@@ -94,8 +98,14 @@ def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str
     for _ in range(args.rounds):
         for s in subjects:
             for kind, step in (('infer', s.infer), ('train', s.train_step)):
-                rate = args.batch_size * args.iters / timed(step, args.iters, sync)
-                best[s.name][kind] = max(best[s.name][kind], rate)
+                rates[s.name][kind].append(args.batch_size * args.iters / timed(step, args.iters, sync))
+    best = {s.name: dict(params=s.params, gflops=s.gflops, **{k: max(v) for k, v in rates[s.name].items()})
+            for s in subjects}
+    best['spread'] = {}
+    for kind in ('infer', 'train'):
+        ratios = torch.tensor(rates[fct_name][kind]) / torch.tensor(rates[base_name][kind])
+        q1, q3 = torch.quantile(ratios, torch.tensor([0.25, 0.75])).tolist()
+        best['spread'][kind] = (q3 - q1) / 2
     return best
 
 
@@ -119,14 +129,15 @@ def main() -> None:
     for name in names:
         print(f'measuring {name} against {BASELINES[name]} ...', flush=True)
         results = compare(name, BASELINES[name], args)
-        fct, base = results[name], results[BASELINES[name]]
+        fct, base, spread = results[name], results[BASELINES[name]], results['spread']
         rows.append(
             f"| {name} | {BASELINES[name]} | {fct['params']:.2f} ({base['params']:.2f}) "
             f"| {fct['gflops']:.3f} ({base['gflops']:.3f}) | {fct['gflops'] / base['gflops']:.3f} "
-            f"| {fct['infer']:.1f} ({base['infer']:.1f}) | {fct['infer'] / base['infer']:.2f} "
-            f"| {fct['train']:.1f} ({base['train']:.1f}) | {fct['train'] / base['train']:.2f} |")
+            f"| {fct['infer']:.1f} ({base['infer']:.1f}) | {fct['infer'] / base['infer']:.2f} ±{spread['infer']:.2f} "
+            f"| {fct['train']:.1f} ({base['train']:.1f}) | {fct['train'] / base['train']:.2f} ±{spread['train']:.2f} |")
     print(f'\ndevice: {args.device}, threads: {torch.get_num_threads()}, batch {args.batch_size}, '
           f'best of {args.rounds} alternating rounds of {args.iters} steps after {args.warmup} warm-up, torch {torch.__version__}, timm {timm.__version__}\n')
+    print('(x: best rate over best rate; ±: half the interquartile range of the ratio round by round)\n')
     print('| model | baseline | params M (base) | GFLOPs/img (base) | FLOPs x | infer img/s (base) | infer x '
           '| train img/s (base) | train x |')
     print('|---|---|---|---|---|---|---|---|---|')

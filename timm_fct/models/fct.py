@@ -84,6 +84,8 @@ def area_resize(z: torch.Tensor, size: List[int]) -> torch.Tensor:
     """
     if [z.shape[-2], z.shape[-1]] == size:
         return z
+    if z.shape[-2] % size[0] == 0 and z.shape[-1] % size[1] == 0:  # cells of whole pixels: one pooling kernel
+        return F.avg_pool2d(z, [z.shape[-2] // size[0], z.shape[-1] // size[1]])
     rows = _area_weights(z.shape[-2], size[0], z)
     cols = _area_weights(z.shape[-1], size[1], z)
     return torch.matmul(torch.matmul(rows, z), cols.t())
@@ -106,9 +108,20 @@ def _concat_on_grid(outs: List[torch.Tensor]) -> torch.Tensor:
 
 
 def _to_tokens(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, heads, H*W, C // heads), the layout scaled_dot_product_attention expects."""
+    """(B, C, H, W) -> (B, heads, H*W, C // heads), the layout scaled_dot_product_attention expects.
+
+    Head h takes channels [h*d, (h+1)*d). From a channels_last map this is a view whose last dimension is
+    contiguous, which PyTorch's fused CPU attention kernel needs (else it falls back to its slower math path).
+    """
     B, C, H, W = x.shape
-    return x.reshape(B, num_heads, C // num_heads, H * W).transpose(-1, -2)
+    return x.permute(0, 2, 3, 1).reshape(B, H * W, num_heads, C // num_heads).transpose(1, 2)
+
+
+def _from_tokens(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, heads, H*W, d) -> (B, heads*d, H, W), heads concatenated along channels (eq. 4): channels_last
+    without a copy when the heads' outputs lie position by position, as the fused kernel returns them."""
+    B, heads, N, d = x.shape
+    return x.transpose(1, 2).reshape(B, H, W, heads * d).permute(0, 3, 1, 2)
 
 
 @register_notrace_function
@@ -136,6 +149,35 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.
             with torch.autocast('cpu', enabled=False):
                 return F.conv2d(x.float(), weight.float(), None, stride, 1, 1, weight.shape[0])
     return F.conv2d(x, weight, None, stride, 1, 1, weight.shape[0])
+
+
+@register_notrace_function
+def embed_with_global(
+        x: torch.Tensor,
+        c: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        stride: int,
+        padding: int,
+) -> torch.Tensor:
+    """PATCHEMBED(x + c) of eq. 7, c = P(g) of shape (B, C) broadcast over the tap x, without the sum on large taps.
+
+    The convolution is linear, so on a tap much larger than the kernel (B * H * W > 8 * C_out * k^2) the
+    embedding of the broadcast c is added to the tap's own embedding instead: at each output position, the sum
+    over the kernel taps that fall inside the map (zero padding elsewhere) of W[:, :, tap] c. On a CPU, the
+    (B, C, H, W) sum of a large tap cost more than its arithmetic: the convolution ran 2-4x slower on that fresh
+    tensor than on the tap itself (batch 16 at 32 px and 224 px); on small taps the sum is the cheaper way
+    (docs/benchmarks.md, profile).
+    """
+    B, O, C, kh, kw = x.shape[0], weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
+    if B * x.shape[-2] * x.shape[-1] <= 8 * O * kh * kw:
+        return F.conv2d(x + c[:, :, None, None], weight, bias, stride, padding)
+    per_tap = torch.matmul(c, weight.reshape(O, C, kh * kw)).transpose(0, 1)  # (B, O, k^2), no copy of the weight
+    # (k^2, H', W'): 1 where kernel tap t of output position (i, j) falls inside the map, 0 in the padding
+    taps = torch.eye(kh * kw, dtype=x.dtype, device=x.device).reshape(kh * kw, 1, kh, kw)
+    inside = F.conv2d(x.new_ones(1, 1, x.shape[-2], x.shape[-1]), taps, None, stride, padding)[0]
+    term = torch.matmul(per_tap, inside.reshape(kh * kw, -1))
+    return F.conv2d(x, weight, bias, stride, padding) + term.reshape(B, O, inside.shape[-2], inside.shape[-1])
 
 
 class ConvProjection(nn.Module):
@@ -194,7 +236,7 @@ class ConvAttention(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
+        H, W = x.shape[-2], x.shape[-1]
         stride = kv_stride_for(x, self.kv_stride, self.kv_min_grid)
         q = _to_tokens(self.q(self.q_conv(x)), self.num_heads)
         k = _to_tokens(self.k(self.k_conv(x, stride)), self.num_heads)
@@ -206,8 +248,7 @@ class ConvAttention(nn.Module):
             attn = attn.softmax(dim=-1)
             attn = self.attn_drop(attn)
             x = attn @ v
-        x = x.transpose(-1, -2).reshape(B, C, H, W)  # CONCAT of the heads, eq. 4
-        return self.proj(x)
+        return self.proj(_from_tokens(x, H, W))
 
 
 class FocusLayer(nn.Module):
@@ -244,16 +285,20 @@ class FctBlock(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count (ours)
+        self.patch_stride, self.patch_padding = patch_stride, patch_size // 2
         self.patch_embed = nn.Conv2d(  # overlapping patches: kernel larger than stride
-            in_chs, embed_dim, patch_size, stride=patch_stride, padding=patch_size // 2, **dd)
+            in_chs, embed_dim, patch_size, stride=patch_stride, padding=self.patch_padding, **dd)
         self.attn = ConvAttention(embed_dim, num_heads, kv_stride, kv_min_grid, norm_layer, attn_drop, **dd)
         self.norm = norm_layer(embed_dim, **dd)
         self.focus = FocusLayer(embed_dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        x = x + self.global_proj(g)[:, :, None, None]  # broadcast over H x W
-        z = self.patch_embed(x)  # eq. 7
+        # eq. 7; the rest runs channels_last, where the depth-wise and 1x1 convolutions are faster on a CPU
+        # and the heads are views of the Q, K and V maps (a copy of the small embedded map buys both)
+        z = embed_with_global(x, self.global_proj(g), self.patch_embed.weight, self.patch_embed.bias,
+                              self.patch_stride, self.patch_padding)
+        z = z.contiguous(memory_format=torch.channels_last)
         z = z + self.drop_path(self.attn(z))  # eq. 8
         z = z + self.drop_path(self.focus(self.norm(z)))  # eq. 9
         return z

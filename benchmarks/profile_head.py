@@ -1,0 +1,132 @@
+"""Where the FCT modules' time goes on this machine, by operator (torch.profiler).
+
+For each model, profiles inference and the training step of the FCT model and of its vanilla baseline
+(benchmarks/cost.py's pairs) at the model's default input size, and prints, per aten operator, the self
+CPU time per step of each and the difference: the time the FCT modules add beyond the baseline. Then
+the same for the FCT modules alone (every module on its tap's map, as the model feeds it).
+
+    python benchmarks/profile_head.py                                  # resnet50_fct_bn_cifar, resnet50_fct_bn
+    python benchmarks/profile_head.py --models resnet18_fct_bn_cifar --batch-size 1 --top 20
+"""
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import timm
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cost import BASELINES  # noqa: E402  the model/baseline pairs live in cost.py
+
+import timm_fct  # noqa: E402,F401  registers the models
+
+
+def op_times(step: Callable[[], None], steps: int) -> Dict[str, float]:
+    """Self CPU milliseconds per step of each aten operator (and 'total'), over `steps` profiled steps."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    times: Dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        times[event.key] += event.self_cpu_time_total / 1e3 / steps
+    times['total'] = sum(times.values())
+    return times
+
+
+def steps_of(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], None]]:
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def train() -> None:
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return {'inference': infer, 'training step': train}
+
+
+def head_steps(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], None]]:
+    """The FCT modules alone, on the backbone's maps of x (computed once)."""
+    with torch.no_grad():
+        feats = [model.backbone(x)[i] for i in model.read_levels]
+    g = feats[-1].mean((2, 3))
+    blocks = list(model.fct.values())
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            for i, block in enumerate(blocks):
+                block(feats[i], g)
+
+    def train() -> None:
+        model.train()
+        sum(block(feats[i], g).mean() for i, block in enumerate(blocks)).backward()
+
+    return {'inference': infer, 'forward + backward': train}
+
+
+def table(title: str, fct: Dict[str, float], base: Dict[str, float], top: int) -> List[str]:
+    ops = sorted((k for k in set(fct) | set(base) if k != 'total'),
+                 key=lambda k: fct.get(k, 0.) - base.get(k, 0.), reverse=True)
+    lines = [f'\n{title}\n', '| operator | FCT model ms | baseline ms | added ms | share of added |', '|---|---|---|---|---|']
+    added = fct['total'] - base['total']
+    for k in ops[:top]:
+        extra = fct.get(k, 0.) - base.get(k, 0.)
+        lines.append(f'| {k} | {fct.get(k, 0.):.2f} | {base.get(k, 0.):.2f} | {extra:.2f} | {extra / added:.0%} |')
+    lines.append(f'| **total** | {fct["total"]:.2f} | {base["total"]:.2f} | {added:.2f} | 100% |')
+    return lines
+
+
+def head_table(title: str, head: Dict[str, float], top: int) -> List[str]:
+    ops = sorted((k for k in head if k != 'total'), key=lambda k: head[k], reverse=True)
+    lines = [f'\n{title}\n', '| operator | ms | share |', '|---|---|---|']
+    lines += [f'| {k} | {head[k]:.2f} | {head[k] / head["total"]:.0%} |' for k in ops[:top]]
+    lines.append(f'| **total** | {head["total"]:.2f} | 100% |')
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=['resnet50_fct_bn_cifar', 'resnet50_fct_bn'],
+                        choices=sorted(BASELINES))
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--steps', type=int, default=5, help='profiled steps, after 2 warm-up steps')
+    parser.add_argument('--top', type=int, default=12, help='operators listed per table')
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave as is)')
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'threads: {torch.get_num_threads()}, batch {args.batch_size}, {args.steps} profiled steps after 2 '
+          f'warm-up, self CPU time per step, torch {torch.__version__}, timm {timm.__version__}')
+    lines: List[str] = []
+    for name in args.models:
+        torch.manual_seed(0)
+        fct, base = timm.create_model(name), timm.create_model(BASELINES[name])
+        x = torch.randn(args.batch_size, *fct.pretrained_cfg['input_size'])
+        fct_steps, base_steps = steps_of(fct, x), steps_of(base, x)
+        for kind in fct_steps:
+            for step in (fct_steps[kind], base_steps[kind]):
+                step(), step()
+            times = op_times(fct_steps[kind], args.steps), op_times(base_steps[kind], args.steps)
+            lines += table(f'{name} beside {BASELINES[name]}, {kind}, batch {args.batch_size}: ms per step', *times,
+                           args.top)
+        for kind, step in head_steps(fct, x).items():
+            step(), step()
+            lines += head_table(f'{name}: its {len(fct.fct)} FCT modules alone, {kind}, batch {args.batch_size}: '
+                                f'ms per step', op_times(step, args.steps), args.top)
+        print('\n'.join(lines), flush=True)
+        lines = []
+
+
+if __name__ == '__main__':
+    main()
