@@ -84,7 +84,9 @@ def area_resize(z: torch.Tensor, size: List[int]) -> torch.Tensor:
     """
     if [z.shape[-2], z.shape[-1]] == size:
         return z
-    if z.shape[-2] % size[0] == 0 and z.shape[-1] % size[1] == 0:  # cells of whole pixels: one pooling kernel
+    if z.shape[-2] % size[0] == 0 and z.shape[-1] % size[1] == 0 and not torch.jit.is_tracing():
+        # cells of whole pixels: one pooling kernel. Not when traced (TorchScript's ONNX export), where the
+        # kernel size, computed from the shape, would be a graph value that ONNX's pooling cannot take
         return F.avg_pool2d(z, [z.shape[-2] // size[0], z.shape[-1] // size[1]])
     rows = _area_weights(z.shape[-2], size[0], z)
     cols = _area_weights(z.shape[-1], size[1], z)
