@@ -41,14 +41,16 @@ def write_wds_digits(root: Path, shards: Dict[str, int] = None, info: bool = Tru
     return root
 
 
-def write_parquet_digits(root: Path, splits: Sequence[str] = SPLITS) -> Path:
-    """The digits as a Hugging Face dataset folder: data/<split>-00000-of-00001.parquet, image and label columns."""
+def write_parquet_digits(root: Path, splits: Sequence[str] = SPLITS, columns: Sequence[str] = ('image', 'label')) -> Path:
+    """The digits as a Hugging Face dataset folder: data/<split>-00000-of-00001.parquet, an image and a label column
+    (named as the Hub's datasets mostly name them, or as `columns` says)."""
     import datasets
 
+    image, label = columns
     for split in splits:
         ds = DigitsDataset(split)
-        features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=ds.classes)})
+        features = datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=ds.classes)})
         table = datasets.Dataset.from_dict(
-            {'image': [ds[i][0] for i in range(len(ds))], 'label': ds.targets}, features=features)
+            {image: [ds[i][0] for i in range(len(ds))], label: ds.targets}, features=features)
         table.to_parquet(str(root / 'data' / f'{split}-00000-of-00001.parquet'))
     return root

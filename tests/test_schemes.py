@@ -17,6 +17,7 @@ from tests.dataset_files import write_parquet_digits, write_wds_digits
 from tests.helpers import REPO, run_train, summary_rows
 from timm_fct.data.datasets import DigitsDataset, build_dataset, class_names
 from timm_fct.data.loaders import build_loaders, set_epoch_seed
+from timm_fct.train.args import parse_args
 
 pytest.importorskip('datasets', reason="the data extra: pip install -e '.[data]'")
 pytest.importorskip('webdataset', reason="the data extra: pip install -e '.[data]'")
@@ -61,6 +62,19 @@ def test_hfds_parquet_folder_is_the_digits_offline(hf_digits, tmp_path, offline)
     ds = build_dataset(f'hfds/{hf_digits}', str(tmp_path / 'cache'), 'validation')
     assert len(ds) == DIGITS_VAL and class_names(ds) == DigitsDataset().classes
     assert pixels_and_labels(ds[i] for i in range(len(ds))) == digits_samples('validation')
+
+
+def test_input_and_target_keys_read_columns_of_other_names(tmp_path, offline):
+    """A Hub dataset whose columns are not image/label (uoft-cs/cifar10's img): train.py's --input-key/--target-key
+    reach timm's reader, and both splits are the digits."""
+    import train
+    folder = write_parquet_digits(tmp_path / 'hf', columns=('img', 'digit'))
+    args = parse_args(['--dataset', f'hfds/{folder}', '--data-dir', str(tmp_path / 'cache'), '--val-split',
+                       'validation', '--input-key', 'img', '--target-key', 'digit'])
+    train_ds, eval_ds, names = train.build_datasets(args)
+    assert names == DigitsDataset().classes
+    assert pixels_and_labels(eval_ds[i] for i in range(len(eval_ds))) == digits_samples('validation')
+    assert pixels_and_labels(train_ds[i] for i in range(len(train_ds))) == digits_samples('train')
 
 
 def test_wds_shards_are_the_digits(wds_digits):
