@@ -74,7 +74,8 @@ def torchrun(*args: str) -> subprocess.Popen:
     """`torchrun ARGS` from the repository root, output captured; one thread per process, as on an xdist worker
     (two processes of two threads each on two cores thrash)."""
     return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'OMP_NUM_THREADS': '1'},
+                            start_new_session=True)  # its own process group: killed whole, workers included
 
 
 def free_port() -> int:

@@ -3,6 +3,8 @@
 import argparse
 import io
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,21 +56,27 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 def test_a_worker_killed_mid_epoch_is_restarted_and_the_run_ends_as_if_never_interrupted(two_node_run, tmp_path):
-    """torchrun --max-restarts 1 with --resume auto: rank 1 dies by SIGKILL half-way through epoch 2 of 3, torchrun
+    """torchrun --max-restarts with --resume auto: rank 1 dies by SIGKILL half-way through epoch 2 of 3, torchrun
     restarts both workers with the same command, and they continue from epoch 1's checkpoint to the weights, EMA,
-    optimizer, one-cycle position and metrics of the uninterrupted two-process run."""
+    optimizer, one-cycle position and metrics of the uninterrupted two-process run.
+
+    Three restarts allowed, not one: on one starved core a restarted gloo group failed to connect once in four tries
+    (rank 1 refused by a rank 0 not yet listening) and the next attempt resumed from the same checkpoint, as on a
+    cluster (docs/training.md)."""
     marker = tmp_path / 'killed'
     wrapper = tmp_path / 'killed_worker_train.py'
     wrapper.write_text(KILLED_WORKER_WRAPPER.format(repo=str(REPO), kill_at=UPDATES_PER_EPOCH + 5, marker=str(marker)))
-    group = torchrun('--standalone', '--nproc-per-node', '2', '--max-restarts', '1', str(wrapper), '--no-progress',
+    group = torchrun('--standalone', '--nproc-per-node', '2', '--max-restarts', '3', str(wrapper), '--no-progress',
                      *DISTRIBUTED_ARGS, '-b', '64', '--resume', 'auto', '--output', str(tmp_path),
                      '--experiment', 'run')
-    out, err = group.communicate(timeout=900)
+    out, err = finish(group, timeout=600)  # measured: 20 s alone, 46 s on one core with the AVX2 limits
     assert group.returncode == 0, err[-3000:]
     assert marker.exists(), 'rank 1 was not killed'
-    assert out.count('training test_convnext') == 2, 'the group started twice'
+    assert out.count('training test_convnext') >= 2, 'the group started again'
     epochs = [line.split(':')[0] for line in out.splitlines() if line.startswith('epoch ')]
-    assert epochs == ['epoch 1/3', 'epoch 2/3', 'epoch 3/3'], 'the restart resumes after epoch 1, it does not redo it'
+    assert epochs[:2] == ['epoch 1/3', 'epoch 2/3'] and epochs.count('epoch 1/3') == 1, \
+        'the restart resumes after epoch 1, it does not redo it'
+    assert epochs[-2:] == ['epoch 2/3', 'epoch 3/3']
 
     run, reference = tmp_path / 'run', two_node_run / 'run'
     rows, expected = summary_rows(run), summary_rows(reference)
@@ -85,6 +93,17 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_the_run_ends_as_if_never_int
     for i in xo['state']:
         assert_same_tensors(yo['state'][i], xo['state'][i], f'optimizer state {i}', exact=False)
     assert float(yo['state'][0]['step']) == 3 * UPDATES_PER_EPOCH
+
+
+def finish(group, timeout: float):
+    """The launch's (stdout, stderr); past the timeout the whole process group is killed and the test fails with the
+    launch's last words, instead of leaving workers behind."""
+    try:
+        return group.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(group.pid, signal.SIGKILL)
+        out, err = group.communicate()
+        pytest.fail(f'torchrun still running after {timeout} s:\n{out[-2000:]}\n{err[-4000:]}')
 
 
 def auto_resume(output: Path, experiment: str = 'run') -> str:
