@@ -1,6 +1,7 @@
 """Helpers the tests share: one name per model, running train.py and offline Hub loads, comparing tensors."""
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -146,3 +147,14 @@ def assert_backbone_is(loaded: Dict[str, torch.Tensor], hub: Dict[str, torch.Ten
     assert set(backbone) == {k for k in hub if not k.startswith('fc.')}
     for k, v in backbone.items():
         torch.testing.assert_close(v, hub[k], rtol=0, atol=0, msg=k)
+
+
+def kill_after_first_epoch(proc: subprocess.Popen) -> None:
+    """SIGKILL a train.py started with stdout piped, as soon as it prints 'epoch 1/N' (once epoch 1's checkpoint is
+    on disk), and check that the kill, not the run's end, stopped it."""
+    for line in proc.stdout:
+        if line.startswith('epoch 1/'):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before epoch 1 was printed'

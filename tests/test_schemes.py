@@ -4,7 +4,6 @@ length; their mistakes one error line each."""
 import argparse
 import json
 import math
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from tests.dataset_files import write_parquet_digits, write_wds_digits
-from tests.helpers import REPO, run_train, summary_rows
+from tests.helpers import REPO, kill_after_first_epoch, run_train, summary_rows
 from timm_fct.data.datasets import DigitsDataset, build_dataset, class_names
 from timm_fct.data.loaders import build_loaders, set_epoch_seed
 from timm_fct.train.args import parse_args
@@ -244,12 +243,7 @@ def test_killed_wds_run_resumes_at_the_next_epoch_and_reaches_the_map_style_accu
             '--output', str(tmp_path), '--experiment', 'wds']
     proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *argv], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith('epoch 1/2'):  # printed once epoch 1's checkpoint is on disk
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_epoch(proc)
     run = tmp_path / 'wds'
     resumed = run_train('--resume', str(run / 'last.pth.tar'), *argv)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

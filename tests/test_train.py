@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import yaml
 
 from tests.helpers import (
     QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, assert_same_tensors, free_port, plain_one_cycle, read_state,
-    run_train, summary_rows,
+    kill_after_first_epoch, run_train, summary_rows,
 )
 from timm_fct.data.datasets import DigitsDataset
 from timm_fct.data.transforms import eval_transform
@@ -159,12 +158,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run_on_the_same_one_cycl
     assert straight.returncode == 0, straight.stderr
     proc = recording_train(tmp_path, tmp_path / 'killed.jsonl', *common, '--output', str(tmp_path),
                            '--experiment', 'killed', popen=True)
-    for line in proc.stdout:
-        if line.startswith('epoch 1/2'):  # printed once epoch 1's checkpoint is on disk
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_epoch(proc)
     killed = tmp_path / 'killed'
     assert len(summary_rows(killed)) == 1
 

@@ -4,7 +4,7 @@ The embedded default is scikit-learn's handwritten digits (1,797 real 8x8 images
 package), so training and evaluation run with no download at all.
 """
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,28 +52,17 @@ class DigitsDataset(Dataset):
         return img, self.targets[index]
 
 
-def build_dataset(
-        name: str,
-        data_dir: Optional[str],
-        split: str,
-        download: bool = False,
-        is_training: bool = False,
-        batch_size: int = 1,
-        seed: int = 42,
-        num_samples: Optional[int] = None,
-        input_key: Optional[str] = None,
-        target_key: Optional[str] = None,
-) -> Dataset:
+def build_dataset(name: str, data_dir: Optional[str], split: str, download: bool = False, **reader_args: Any) -> Dataset:
     """One split of DIGITS, a torchvision dataset ('torch/cifar10', ...), a timm reader dataset (hfds/, hfids/, wds/,
-    tfds/) or an image folder tree (name ''). The other arguments are timm's create_dataset's, for the readers."""
+    tfds/) or an image folder tree (name ''). `reader_args` go to the readers: build_scheme_dataset's keywords
+    (timm's create_dataset's is_training, batch_size, seed, num_samples, input_key, target_key)."""
     if name == DIGITS:
         return DigitsDataset(split)
     kind = scheme(name)
     if kind == 'torch':
         return _torchvision(name, data_dir, split, download)
     if kind in SCHEMES:
-        return build_scheme_dataset(name, data_dir, split, download, is_training=is_training, batch_size=batch_size,
-                                    seed=seed, num_samples=num_samples, input_key=input_key, target_key=target_key)
+        return build_scheme_dataset(name, data_dir, split, download, **reader_args)
     if name:
         raise FctError(
             f"unknown dataset {name!r}: expected {DIGITS!r}, 'torch/<name>' (e.g. torch/cifar10), "
