@@ -159,8 +159,8 @@ def embed_with_global(
         c: torch.Tensor,
         weight: torch.Tensor,
         bias: Optional[torch.Tensor],
-        stride: int,
-        padding: int,
+        stride: List[int],
+        padding: List[int],
 ) -> torch.Tensor:
     """PATCHEMBED(x + c) of eq. 7, c = P(g) of shape (B, C) broadcast over the tap x, without the sum on large taps.
 
@@ -287,9 +287,8 @@ class FctBlock(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count (ours)
-        self.patch_stride, self.patch_padding = patch_stride, patch_size // 2
         self.patch_embed = nn.Conv2d(  # overlapping patches: kernel larger than stride
-            in_chs, embed_dim, patch_size, stride=patch_stride, padding=self.patch_padding, **dd)
+            in_chs, embed_dim, patch_size, stride=patch_stride, padding=patch_size // 2, **dd)
         self.attn = ConvAttention(embed_dim, num_heads, kv_stride, kv_min_grid, norm_layer, attn_drop, **dd)
         self.norm = norm_layer(embed_dim, **dd)
         self.focus = FocusLayer(embed_dim, **dd)
@@ -298,8 +297,8 @@ class FctBlock(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # eq. 7; the rest runs channels_last, where the depth-wise and 1x1 convolutions are faster on a CPU
         # and the heads are views of the Q, K and V maps (a copy of the small embedded map buys both)
-        z = embed_with_global(x, self.global_proj(g), self.patch_embed.weight, self.patch_embed.bias,
-                              self.patch_stride, self.patch_padding)
+        embed = self.patch_embed
+        z = embed_with_global(x, self.global_proj(g), embed.weight, embed.bias, embed.stride, embed.padding)
         z = z.contiguous(memory_format=torch.channels_last)
         z = z + self.drop_path(self.attn(z))  # eq. 8
         z = z + self.drop_path(self.focus(self.norm(z)))  # eq. 9
