@@ -14,7 +14,7 @@ from timm.models import clean_state_dict
 
 from ..errors import FctError
 from .folder import RunFolder, RunInfo, read_checkpoint
-from .weights import EMA_KEY, state_key
+from .weights import EMA_KEY, EPOCH_KEY, state_key
 
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')  # models timm loads itself, with their published weights
 
@@ -52,7 +52,7 @@ def load_model(source: Union[str, Path], weights: str = 'auto') -> LoadedModel:
     model = timm.create_model(info.model, num_classes=info.num_classes, **info.model_args)
     load_state(model, ckpt[key], str(checkpoint))
     return LoadedModel(source, model.eval(), info, folder, checkpoint, 'ema' if key == EMA_KEY else 'raw',
-                       ckpt.get('epoch'))
+                       ckpt.get(EPOCH_KEY))
 
 
 def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:

@@ -1,10 +1,15 @@
-"""Which weights of a checkpoint to use: one vocabulary for train.py's runs, the report and the export."""
+"""A training checkpoint's entries, and which of its weights to use: one vocabulary for training, the report and
+the export."""
 from typing import Any, Mapping
 
 from ..errors import FctError
 
 WEIGHT_CHOICES = ('auto', 'ema', 'raw')  # auto: the EMA weights exactly when they evaluated better
-RAW_KEY, EMA_KEY = 'state_dict', 'state_dict_ema'  # timm's CheckpointSaver entries
+# the entries of a timm CheckpointSaver checkpoint (timm.utils.CheckpointSaver._save), the only names used for them
+RAW_KEY, EMA_KEY = 'state_dict', 'state_dict_ema'
+TASK_STATE_KEY, TASK_STATE_EMA_KEY = 'task_state', 'task_state_ema'
+ARCH_KEY, ARGS_KEY, EPOCH_KEY, VERSION_KEY = 'arch', 'args', 'epoch', 'version'
+OPTIMIZER_KEY, SAVER_KEY = 'optimizer', 'saver'
 
 
 def state_key(ckpt: Mapping[str, Any], weights: str, ema_evaluated_better: bool) -> str:

@@ -22,12 +22,12 @@ from torch.optim import Optimizer
 from ..errors import FctError
 from ..runs.folder import RunFolder
 from ..runs.load import load_state
+from ..runs.weights import (
+    ARCH_KEY, ARGS_KEY, EMA_KEY, EPOCH_KEY, OPTIMIZER_KEY, RAW_KEY, SAVER_KEY, TASK_STATE_EMA_KEY, TASK_STATE_KEY, VERSION_KEY,
+)
+from .identity import check_same_run
 
 AUTO = 'auto'
-
-# what a run is: a resume must keep these, or its weights, metrics and recorded preprocessing would disagree
-RUN_IDENTITY_ARGS = ('model', 'model_kwargs', 'num_classes', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation',
-                     'dataset', 'drop', 'drop_path', 'pretrained')
 
 
 def resolve_auto_resume(args: argparse.Namespace) -> None:
@@ -61,47 +61,34 @@ def _look_in_run_folder(folder: RunFolder, args: argparse.Namespace) -> Tuple[st
 
 
 def check_resume(ckpt: Mapping[str, Any], args: argparse.Namespace, model: nn.Module) -> None:
-    """A checkpoint of another architecture, or of a run with other model or preprocessing flags, is refused."""
-    arch = ckpt.get('arch')
+    """A checkpoint of another architecture, or of a run with other settings (identity.py), is refused."""
+    arch = ckpt.get(ARCH_KEY)
     if arch and arch != args.model:
         raise FctError(f'--resume {args.resume} is a checkpoint of {arch}, not of --model {args.model}')
-    saved = ckpt.get('args')
+    saved = ckpt.get(ARGS_KEY)
     check_same_run(vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {}), args,
                    f'--resume {args.resume}')
-    load_state(model, ckpt['state_dict'], args.resume)
-
-
-def check_same_run(saved: Mapping[str, Any], args: argparse.Namespace, source: str) -> None:
-    """Refuse, naming each difference, flags that change what the run `saved` (its arguments) is."""
-    differ = [f'--{k.replace("_", "-")} {getattr(args, k)!r} (the run has {saved[k]!r})'
-              for k in RUN_IDENTITY_ARGS if k in saved and _comparable(saved[k]) != _comparable(getattr(args, k))]
-    if differ:
-        raise FctError(f'{source}: a resumed run keeps its model and preprocessing, but '
-                       f'{"; ".join(differ)}; drop these flags, or start a new run')
-
-
-def _comparable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    load_state(model, ckpt[RAW_KEY], args.resume)
 
 
 def restore_training(ckpt: Mapping[str, Any], task: TrainingTask, optimizer: Optimizer,
                      loss_scaler: Optional[NativeScaler]) -> int:
     """Model, EMA, task, optimizer and AMP scaler state; returns the epoch to start from."""
-    task.load_checkpoint_state(clean_state_dict(ckpt['state_dict']), ckpt.get('task_state'))
+    task.load_checkpoint_state(clean_state_dict(ckpt[RAW_KEY]), ckpt.get(TASK_STATE_KEY))
     if task.has_ema():  # a checkpoint without EMA weights starts the EMA from the model's, as timm's loader does
-        has_ema = 'state_dict_ema' in ckpt
-        task.load_checkpoint_state(clean_state_dict(ckpt['state_dict_ema' if has_ema else 'state_dict']),
-                                   ckpt.get('task_state_ema' if has_ema else 'task_state'), ema=True)
-    if 'optimizer' in ckpt:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        has_ema = EMA_KEY in ckpt
+        task.load_checkpoint_state(clean_state_dict(ckpt[EMA_KEY if has_ema else RAW_KEY]),
+                                   ckpt.get(TASK_STATE_EMA_KEY if has_ema else TASK_STATE_KEY), ema=True)
+    if OPTIMIZER_KEY in ckpt:
+        optimizer.load_state_dict(ckpt[OPTIMIZER_KEY])
     if loss_scaler is not None and loss_scaler.state_dict_key in ckpt:
         loss_scaler.load_state_dict(ckpt[loss_scaler.state_dict_key])
-    epoch = ckpt.get('epoch')
+    epoch = ckpt.get(EPOCH_KEY)
     # CheckpointSaver (version 2) stores the epoch it finished, older checkpoints the next one
-    return 0 if epoch is None else epoch + int(ckpt.get('version', 1) > 1)
+    return 0 if epoch is None else epoch + int(ckpt.get(VERSION_KEY, 1) > 1)
 
 
 def restore_saver(ckpt: Mapping[str, Any], saver: CheckpointSaver) -> None:
     """The saver's history of kept checkpoints and best metric, so a resumed run ranks them as before."""
-    if ckpt.get('saver') is not None:
-        saver.load_state_dict(ckpt['saver'])
+    if ckpt.get(SAVER_KEY) is not None:
+        saver.load_state_dict(ckpt[SAVER_KEY])
