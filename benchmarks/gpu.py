@@ -30,11 +30,11 @@ import yaml
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.runs.files import replace_when_done
 from timm_fct.table1.rows import ROWS
+from timm_fct.train.args import config_path
 
 from cost import timed, train_step
 from pipeline import RandomImages, measure as measure_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
 BASELINE_ROW = 'resnet50'  # the vanilla ResNet-50 row: every ratio is over it
 IMG_SIZE = 32
 NUM_CLASSES = 10
@@ -50,7 +50,7 @@ PIPELINE_FIELDS = ('data', 'pipeline', 'batch_size', 'img_per_s', 'vs_pil')
 
 def row_model(row: str) -> str:
     """The model a Table 1 row trains, as its config names it."""
-    return yaml.safe_load((ROOT / ROWS[row].config).read_text())['model']
+    return yaml.safe_load(config_path(ROWS[row].config).read_text())['model']
 
 
 def create_row_model(row: str) -> torch.nn.Module:
@@ -246,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = dict(
         command=' '.join(['python', 'benchmarks/gpu.py', *(sys.argv[1:] if argv is None else argv)]),
         started=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
+        device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.machine() or 'cpu',
         torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
         img_size=IMG_SIZE, num_classes=NUM_CLASSES, warmup=args.warmup, steps=args.steps,
         baseline=row_model(BASELINE_ROW), optimizer='SGD lr 1e-3, cross-entropy (benchmarks/cost.py train_step)',

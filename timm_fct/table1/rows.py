@@ -1,8 +1,9 @@
 """The rows of the paper's Table 1 (CIFAR-10 top-1), the config that runs each, and the small digits setting.
 
-On CIFAR a row is its config as shipped. On the embedded digits (no dataset given) each row keeps its
-config's recipe (optimiser, lr, weight decay, schedule, clipping) with the settings below: ResNet-50s
-take minutes per epoch on a CPU, so each row runs its ResNet-18 counterpart with a narrow FCT head.
+On CIFAR a row is its config as shipped (timm_fct/configs/). On the embedded digits (no dataset given) each row
+keeps its config's recipe (optimiser, lr, weight decay, schedule, clipping) on the digits recipe of training
+(timm_fct/train/args.py DIGITS_DEFAULTS) for DIGITS_EPOCHS epochs: ResNet-50s take minutes per epoch on a CPU, so
+each row runs its ResNet-18 counterpart with a narrow FCT head.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -19,27 +20,23 @@ WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # what timm loads fro
 class Row:
     name: str  # the --rows name and the run folders' prefix
     label: str  # the paper's
-    config: str  # relative to the repository root
+    config: str  # the name of a config that ships with timm-fct (training's -c NAME)
     paper_top1: float
     digits_args: Tuple[str, ...]  # train.py flags that make the digits setting of this row
 
 
-# the digits setting shared by every row: the digits' own split, batch 64 (lr 0.005 by the configs' lr_base
-# scaling), the 8 px images upsampled to 16 px with 1 px pad-and-crop, no flips (a flipped digit is another
-# digit), 3 epochs
-DIGITS_ARGS = ('--dataset', 'sklearn/digits', '--val-split', 'validation', '-b', '64', '--img-size', '16',
-               '--pad-crop', '1', '--hflip', '0', '--vflip', '0', '--epochs', '3')
+DIGITS_EPOCHS = 3  # the digits setting's epochs, fewer than the main job's: 4 rows x 3 seeds on a CPU
 NARROW_FCT = ('--model-kwargs', 'embed_dim=32')
 
 ROWS: Dict[str, Row] = {row.name: row for row in (
-    Row('resnet50', 'vanilla (ResNet-50)', 'configs/cifar10_resnet50.yaml', 92.87,
+    Row('resnet50', 'vanilla (ResNet-50)', 'cifar10_resnet50', 92.87,
         ('--model', 'resnet18_cifar')),
-    Row('fct_ln', 'ours (with LN)', 'configs/cifar10_resnet50_fct_ln.yaml', 93.04,
+    Row('fct_ln', 'ours (with LN)', 'cifar10_resnet50_fct_ln', 93.04,
         ('--model', 'resnet18_fct_ln_cifar', *NARROW_FCT)),
-    Row('fct_bn', 'ours (with BN)', 'configs/cifar10_resnet50_fct_bn.yaml', 93.35,
+    Row('fct_bn', 'ours (with BN)', 'cifar10_resnet50_fct_bn', 93.35,
         ('--model', 'resnet18_fct_bn_cifar', *NARROW_FCT)),
     # ImageNet's ResNet-18 backbone; the ImageNet stem (stride 32) at 4x upsampling, as the CIFAR config does
-    Row('pretrained', 'ours (pre-trained)', 'configs/cifar10_resnet50_fct_bn_pretrained.yaml', 95.72,
+    Row('pretrained', 'ours (pre-trained)', 'cifar10_resnet50_fct_bn_pretrained', 95.72,
         ('--model', 'resnet18_fct_bn', *NARROW_FCT, '--img-size', '32', '--pad-crop', '2')),
 )}
 

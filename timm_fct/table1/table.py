@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from ..runs.files import replace_when_done
 from ..runs.folder import RunFolder
+from ..train.identity import identity
 
 
 @dataclass
@@ -31,10 +32,10 @@ class RowResult:
     label: str
     model: str
     paper_top1: float
-    command: str  # train.py's command line for the row, seed and run folder left out
-    resolved: str  # what train.py made of it (its first run's args.yaml): a later flag overrides an earlier one
+    command: str  # the row's training command line, seed and run folder left out
     seeds_requested: int
     status: str  # 'complete', or why not
+    resolved: str = ''  # what training made of it (distinguishing_settings): a later flag overrides an earlier one
     runs: List[RunResult] = field(default_factory=list)
     curves: Dict[int, List[float]] = field(default_factory=dict)  # seed -> eval top-1 per epoch
 
@@ -59,13 +60,13 @@ def run_result(folder: Path, results: Path, seed: int, epochs: int) -> RunResult
     return result
 
 
-RESOLVED_KEYS = ('model', 'model_kwargs', 'pretrained', 'img_size', 'batch_size', 'lr', 'epochs')
-
-
-def resolved_settings(folder: Path) -> str:
-    """The settings that tell the rows apart, as train.py resolved them in a run folder; '' before it ran."""
-    saved = yaml.safe_load(RunFolder(folder).args_text() or '{}') or {}
-    return ', '.join(f'{k} {saved[k]}' for k in RESOLVED_KEYS if k in saved)
+def distinguishing_settings(folders: Sequence[Path]) -> List[str]:
+    """For each run folder, the model and the resolved settings (its args.yaml) in which the folders differ from one
+    another: what tells the rows apart, as training resolved it. '' for a folder that has not started."""
+    saved = [identity(yaml.safe_load(RunFolder(folder).args_text() or '{}') or {}) for folder in folders]
+    started = [s for s in saved if s]
+    differ = sorted({k for s in started for k in s if len({repr(t.get(k)) for t in started}) > 1} - {'model'})
+    return [', '.join(f'{k} {s[k]}' for k in ['model', *differ] if k in s) for s in saved]
 
 
 def row_json(row: RowResult) -> Dict[str, Any]:
