@@ -1,29 +1,29 @@
-"""Turn a train.py run into a Hugging Face Hub model repository (timm's layout plus a model card).
+"""Turn a training run into a Hugging Face Hub model repository (timm's layout plus a model card).
 
-    python hub/publish.py RUN --out DIR                       export only
-    python hub/publish.py RUN --repo-id org/name --dry-run    show what would be uploaded, no network
-    python hub/publish.py RUN --repo-id org/name              export to a temporary folder and push
-    python hub/publish.py RUN --out DIR --repo-id org/name    export to DIR, keep it, and push
+    python -m timm_fct.export RUN --out DIR                       export only
+    python -m timm_fct.export RUN --repo-id org/name --dry-run    show what would be uploaded, no network
+    python -m timm_fct.export RUN --repo-id org/name              export to a temporary folder and push
+    python -m timm_fct.export RUN --out DIR --repo-id org/name    export to DIR, keep it, and push
 
-RUN is a train.py output folder or a checkpoint file. The token comes from HF_TOKEN or `hf auth login`.
+(`python hub/publish.py ...` in a checkout, and the `timm-fct-export` command, are the same.) RUN is a run
+folder or a checkpoint file. The token comes from HF_TOKEN or `hf auth login`.
 Then `timm.create_model('hf-hub:org/name', pretrained=True)` loads it anywhere timm_fct is imported.
 """
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from timm_fct.cli import run_cli
-from timm_fct.export.hub import check_repo_id, commit_message_for, export, push, require_token, upload_plan
-from timm_fct.report.layout import CONFUSION_PNG
-from timm_fct.runs.weights import WEIGHT_CHOICES
+from ..cli import run_cli
+from ..report.layout import CONFUSION_PNG
+from ..runs.weights import WEIGHT_CHOICES
+from .hub import check_repo_id, commit_message_for, export, push, require_token, upload_plan
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='publish.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('run', help='train.py output folder, or a checkpoint file')
+        prog='python -m timm_fct.export', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('run', help='a run folder, or a checkpoint file')
     parser.add_argument('--out', type=Path, help='write the Hub folder here (must not exist yet)')
     parser.add_argument('--repo-id', help="push to this Hub model repo, 'org/name'")
     parser.add_argument('--weights', choices=WEIGHT_CHOICES, default='auto',
@@ -67,7 +67,7 @@ def publish(args: argparse.Namespace, folder: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Mistakes end with one `error:` line and exit code 2, as in train.py and the report."""
+    """Mistakes end with one `error:` line and exit code 2, as in training and the report."""
     return run_cli(export_and_publish, argv)
 
 
@@ -88,7 +88,3 @@ def export_and_publish(argv: Optional[Sequence[str]] = None) -> int:
         with tempfile.TemporaryDirectory(prefix='timm_fct_hub_') as tmp:
             publish(args, Path(tmp) / 'export')
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

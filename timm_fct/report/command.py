@@ -1,6 +1,5 @@
-"""`python -m timm_fct.report RUN [RUN ...] --out DIR`: the report's command line."""
+"""`python -m timm_fct.report RUN [RUN ...] --out DIR`: the report's command line (also `timm-fct-report`)."""
 import argparse
-import sys
 from typing import Optional, Sequence
 
 import torch
@@ -55,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Mistakes end with one `error:` line and exit code 2, as in train.py and hub/publish.py."""
+    """Mistakes end with one `error:` line and exit code 2, as in training and the export."""
     return run_cli(make_report, argv)
 
 
@@ -63,7 +62,3 @@ def make_report(argv: Optional[Sequence[str]] = None) -> int:
     out = build_report(parse_args(argv))
     print(f'report written to {out / INDEX_HTML}')
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
