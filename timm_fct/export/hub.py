@@ -22,6 +22,7 @@ from timm.models import model_entrypoint
 
 from .. import __version__
 from ..errors import FctError
+from ..models.fct import PAPER_AUTHORS, PAPER_NAME
 from ..report.layout import CONFUSION_PNG
 from ..runs.files import replace_when_done
 from ..runs.folder import RunFolder
@@ -31,10 +32,8 @@ from ..runs.model_folder import write_model_folder
 CARD = 'README.md'
 CARD_TEMPLATE = Path(__file__).parent / 'templates' / 'model_card.md'
 PLOT_CAPTIONS = {RunFolder.ACCURACY_PLOT: 'Accuracy per epoch', CONFUSION_PNG: 'Confusion matrix on the evaluation split'}
-LICENSE = 'apache-2.0'
+DEFAULT_LICENSE = 'apache-2.0'  # for a model whose pretrained_cfg names none, as timm's own model cards do
 TAGS = ['image-classification', 'timm', 'timm-fct', 'fully-convolutional-transformer']
-PAPER = ('Learning to Pay Multiple Attention with Fully Convolutional Transformers',
-         'Mensah, Bah and Brink')
 MAX_LABELS_SHOWN = 20
 NO_TOKEN = 'no Hugging Face token: set HF_TOKEN or run `hf auth login`'
 
@@ -111,7 +110,9 @@ def model_card(trained: LoadedModel, plots: List[str], repo_id: Optional[str]) -
     """The README.md of the Hub repo: metadata through ModelCardData, the text filled from the run."""
     info = trained.info
     entrypoint_doc = (model_entrypoint(info.model).__doc__ or '').strip().splitlines()
-    card_data = ModelCardData(library_name='timm', license=LICENSE, pipeline_tag='image-classification', tags=TAGS)
+    cfg = trained.model.pretrained_cfg  # the paper and licence, read as timm's model cards read them
+    paper = cfg.get('paper_name')
+    card_data = ModelCardData(library_name='timm', license=cfg.get('license') or DEFAULT_LICENSE, pipeline_tag='image-classification', tags=TAGS)
     return ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),
@@ -120,8 +121,8 @@ def model_card(trained: LoadedModel, plots: List[str], repo_id: Optional[str]) -
         summary=entrypoint_doc[0] if entrypoint_doc else info.model,
         dataset=info.dataset or 'an unnamed dataset',
         num_classes=info.num_classes,
-        paper_title=PAPER[0],
-        paper_authors=PAPER[1],
+        paper_title=paper,
+        paper_authors=PAPER_AUTHORS if paper == PAPER_NAME else None,
         training=training_section(trained),
         metrics=metrics_section(trained),
         plots=''.join(f'\n![{PLOT_CAPTIONS[name]}]({name})\n' for name in plots),
@@ -168,7 +169,8 @@ def metrics_section(trained: LoadedModel) -> str:
         accuracy = trained.folder.accuracy(ema=is_ema)
         if accuracy:
             name = f'{label} (published)' if is_ema == (trained.weights == 'ema') else label
-            cells = ['-' if v is None else f'{v:.2f}' for v in accuracy.values()]
+            cells = ['-' if accuracy[k] is None else f'{accuracy[k]:.2f}'
+                     for k in ('best_top1', 'best_top5', 'last_top1', 'last_top5')]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     lines.append(f'\nTop-1 / top-5 accuracy (%) on the evaluation split, over the {epochs} epoch(s) recorded. '
                  f'The best epoch, and so the published checkpoint, was chosen on this same split, so the best '

@@ -48,16 +48,16 @@ def weights_line(lm: LoadedModel) -> str:
 
 
 def training_record(lm: LoadedModel) -> str:
-    """The run's best and last-epoch top-1 as train.py recorded them, with the selection bias of the best said."""
-    rows = lm.folder.summary() if lm.folder is not None else []
-    if not rows or 'eval_top1' not in rows[-1]:
+    """The run's best and last-epoch top-1 as training recorded them, with the selection bias of the best said."""
+    if lm.folder is None:
         return ''
-    prefix = 'eval_ema_' if lm.weights == 'ema' and 'eval_ema_top1' in rows[-1] else 'eval_'
-    best = max(rows, key=lambda r: r.get(prefix + 'top1', float('-inf')))
-    return (f" In training ({lm.info.dataset or 'its evaluation split'}, {'EMA' if prefix == 'eval_ema_' else 'raw'} "
-            f"weights): best top-1 {best[prefix + 'top1']:.2f} at epoch {int(best['epoch'])}, chosen on that same "
-            f"split and so biased upwards; last epoch ({int(rows[-1]['epoch'])}) top-1 "
-            f"{rows[-1][prefix + 'top1']:.2f}.")
+    ema = lm.weights == 'ema' and bool(lm.folder.accuracy(ema=True))  # else the raw weights' record
+    accuracy = lm.folder.accuracy(ema=ema)
+    if not accuracy:
+        return ''
+    return (f" In training ({lm.info.dataset or 'its evaluation split'}, {'EMA' if ema else 'raw'} weights): best "
+            f"top-1 {accuracy['best_top1']:.2f} at epoch {accuracy['best_epoch']}, chosen on that same split and so "
+            f"biased upwards; last epoch ({accuracy['last_epoch']}) top-1 {accuracy['last_top1']:.2f}.")
 
 
 def resolve_dataset(name: Optional[str], data_dir: Optional[str],
@@ -108,8 +108,8 @@ def dataset_labels(dataset: Dataset, loaded: Sequence[LoadedModel]) -> List[str]
         names = list(loaded[0].info.label_names)
     for lm in loaded:
         if lm.info.num_classes != len(names):
-            raise FctError(f'{lm.name} predicts {lm.info.num_classes} classes but the dataset has '
-                              f'{len(names)}; pass the dataset it was trained on with --dataset')
+            raise FctError(f'{display_name(lm.source)} predicts {lm.info.num_classes} classes but the dataset has '
+                           f'{len(names)}; pass the dataset it was trained on with --dataset')
     return names
 
 

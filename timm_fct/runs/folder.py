@@ -17,7 +17,7 @@ from timm.data import resolve_data_config
 
 from ..errors import FctError
 from . import model_folder
-from .weights import EMA_KEY, RAW_KEY
+from .weights import ARCH_KEY, ARGS_KEY, EMA_KEY, RAW_KEY
 
 
 @dataclass
@@ -79,13 +79,18 @@ class RunFolder:
         return best
 
     def accuracy(self, ema: bool = False) -> Dict[str, Optional[float]]:
-        """Best and last top-1 / top-5 of the raw or EMA weights (best_top1, ..., last_top5); {} if never evaluated."""
+        """The run's best and last-epoch accuracy, the one place they are read from summary.csv: best_top1 and
+        best_top5 (each the best over the epochs), best_epoch (0-based, the first with the best top-1), last_top1,
+        last_top5, last_epoch; of the raw or the EMA weights. {} if never evaluated."""
         prefix = 'eval_ema_' if ema else 'eval_'
         best, rows = self.best_metrics(), self.summary()
         if f'{prefix}top1' not in best:
             return {}
-        return {f'{when}_{k}': values.get(prefix + k) for when, values in (('best', best), ('last', rows[-1]))
-                for k in ('top1', 'top5')}
+        accuracy = {f'{when}_{k}': values.get(prefix + k) for when, values in (('best', best), ('last', rows[-1]))
+                    for k in ('top1', 'top5')}
+        accuracy['best_epoch'] = int(next(r['epoch'] for r in rows if r.get(prefix + 'top1') == best[prefix + 'top1']))
+        accuracy['last_epoch'] = int(rows[-1]['epoch'])
+        return accuracy
 
     def ema_evaluated_better(self) -> bool:
         """True when the run's best EMA top-1 beats its best raw top-1."""
@@ -110,15 +115,16 @@ class RunFolder:
                 raise FctError(f'{config_path} is not a timm model config: {type(e).__name__}: {e}') from None
         if ckpt is None:
             raise FctError(f'{self.path} is not a timm model folder: {self.CONFIG} is missing')
-        args = ckpt.get('args')
+        args = ckpt.get(ARGS_KEY)
         args = vars(args) if args is not None and not isinstance(args, dict) else (args or {})
-        model_name = ckpt.get('arch') or args.get('model')
+        model_name = ckpt.get(ARCH_KEY) or args.get('model')
         if not model_name or not timm.is_model(model_name):
             raise FctError(f'cannot tell the architecture of the checkpoint in {self.path}: no {self.CONFIG} '
                            f'beside it and no known model name in it (arch={model_name!r})')
-        num_classes = args.get('num_classes') or _classifier_outputs(ckpt[RAW_KEY])
+        cfg = timm.get_pretrained_cfg(model_name).to_dict()
+        num_classes = args.get('num_classes') or _classifier_outputs(ckpt[RAW_KEY], cfg['classifier'])
         model_args = dict(args.get('model_kwargs') or {}, num_classes=num_classes)
-        return RunInfo.from_cfg(model_name, timm.get_pretrained_cfg(model_name).to_dict(), model_args, args)
+        return RunInfo.from_cfg(model_name, cfg, model_args, args)
 
     def find_checkpoint(self) -> Path:
         """The checkpoint the run stands for: best, else last."""
@@ -159,11 +165,12 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return ckpt
 
 
-def _classifier_outputs(state_dict: Mapping[str, torch.Tensor]) -> int:
-    for key in ('head.fc.weight', 'fc.weight'):
-        if key in state_dict:
-            return state_dict[key].shape[0]
-    raise FctError('cannot tell the number of classes: the checkpoint has no classifier weights')
+def _classifier_outputs(state_dict: Mapping[str, torch.Tensor], classifier: str) -> int:
+    """The number of classes, from the classifier the model's pretrained_cfg names (timm's 'classifier')."""
+    key = f'{classifier}.weight'
+    if key not in state_dict:
+        raise FctError(f'cannot tell the number of classes: the checkpoint has no classifier weights ({key})')
+    return state_dict[key].shape[0]
 
 
 __all__ = ['RunFolder', 'RunInfo', 'read_checkpoint', 'EMA_KEY']
