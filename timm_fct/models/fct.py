@@ -27,6 +27,7 @@ Where each equation of the paper lives:
 Paper: S. O. Mensah, B. Bah and W. Brink, "Learning to Pay Multiple Attention with Fully Convolutional
 Transformers" (African Institute for Mathematical Sciences; Stellenbosch University).
 """
+import math
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Final, Iterator, List, Optional, Sequence, Tuple, Union
@@ -650,7 +651,7 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
                 **(kwargs.get('pretrained_cfg_overlay') or {}),
             }
             pretrained = False
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         FctNet,
         variant,
         pretrained,
@@ -658,9 +659,27 @@ def _create_fct(variant: str, pretrained: bool = False, **kwargs: Any) -> FctNet
         feature_cfg=dict(feature_cls='getter', out_indices=None),  # every FCT output; the model knows how many
         **kwargs,
     )
+    if variant in GENERIC_MODELS and isinstance(model, FctNet):  # not features_only's wrapper: the registered cfg
+        # describes the default backbone, this model any backbone
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **_network_cfg(model)}
+    return model
 
 
-PAPER_NAME = 'Learning to Pay Multiple Attention with Fully Convolutional Transformers'
+def _network_cfg(model: FctNet) -> Dict[str, Any]:
+    """The pretrained_cfg entries that describe the built network rather than its weights: the grid the head pools
+    at the cfg's input size (the last FCT module's), the smallest input and the first convolution."""
+    last = model.fct_indices[-1]
+    embed = model.fct[str(last)].patch_embed
+    tap_reduction = model.feature_info[last]['reduction'] // embed.stride[0]
+    grid = [(math.ceil(size / tap_reduction) + 2 * pad - k) // stride + 1
+            for size, pad, k, stride in zip(model.pretrained_cfg['input_size'][1:], embed.padding, embed.kernel_size,
+                                            embed.stride)]
+    return dict(pool_size=tuple(grid), min_input_size=(model.in_chans, model.min_input_size, model.min_input_size),
+                first_conv=getattr(model, '_traits', {}).get('first_conv'))
+
+
+PAPER_NAME = 'Learning to Pay Multiple Attention with Fully Convolutional Transformers'  # pretrained_cfg's paper_name
+PAPER_AUTHORS = 'Mensah, Bah and Brink'  # which timm's pretrained_cfg has no field for
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -673,11 +692,6 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         'license': 'apache-2.0', 'paper_name': PAPER_NAME,
         **kwargs,
     }
-
-
-def _generic_cfg() -> Dict[str, Any]:
-    """Grid and minimum input depend on the backbone, known when it is built (FctNet.min_input_size)."""
-    return _cfg(pool_size=None, min_input_size=None, first_conv=None)
 
 
 def _cifar_cfg() -> Dict[str, Any]:
@@ -695,8 +709,8 @@ def _backbone_cfg(backbone: str, **kwargs: Any) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    'fct_bn': _generic_cfg(),
-    'fct_ln': _generic_cfg(),
+    'fct_bn': _cfg(),  # the default backbone's (ResNet-50); another brings its own when built (_network_cfg)
+    'fct_ln': _cfg(),
     'resnet18_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
     'resnet18_fct_ln.a1_in1k_backbone': _backbone_cfg('resnet18.a1_in1k'),
     'resnet50_fct_bn.a1_in1k_backbone': _backbone_cfg('resnet50.a1_in1k'),
