@@ -27,7 +27,7 @@ def main():
     parser.add_argument('--crash', action='store_true')
     parser.add_argument('rest', nargs='*')
     args = parser.parse_args()
-    print(json.dumps({'name': __name__, 'argv': sys.argv, 'path0': sys.path[0], 'file': __file__,
+    print(json.dumps({'name': __name__, 'argv': sys.argv, 'path': sys.path, 'file': __file__,
                       'sibling': sibling.VALUE, 'rest': args.rest}), flush=True)
     if args.crash:
         raise RuntimeError('the script crashed')
@@ -82,11 +82,11 @@ def test_script_runs_as_with_python_and_creates_fct_models(script: Path):
     assert launched.returncode == 0, launched.stderr
     assert plain.returncode == 0, plain.stderr
     seen, expected = json_lines(launched.stdout), json_lines(plain.stdout)
-    for key in ('name', 'path0', 'sibling', 'rest'):
+    for key in ('name', 'path', 'sibling', 'rest'):  # the whole module search path, in order
         assert seen[key] == expected[key], key
     assert seen['name'] == '__main__'
     assert seen['argv'] == args
-    assert Path(seen['path0']) == script.parent.resolve()
+    assert Path(seen['path'][0]) == script.parent.resolve()
     assert Path(cwd, seen['file']).samefile(script)
     assert (seen['model'], seen['num_classes']) == ('FctNet', 10)
 

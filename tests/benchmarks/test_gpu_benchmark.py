@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from tests.helpers import REPO, TINY_BACKBONE, TINY_EMBED_DIM
+from tests.support.helpers import REPO, TINY_BACKBONE, TINY_EMBED_DIM
 
 ROWS = ('resnet50', 'fct_ln', 'fct_bn', 'pretrained')
 BATCH_SIZES = (2, 4)  # not 3: torch 2.14.1 corrupts its heap in a channels_last CPU step of this tiny net at batch 3

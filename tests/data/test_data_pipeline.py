@@ -1,7 +1,6 @@
 """Both training pipelines, whole batches at a time: the augmented images against torchvision's functional ops
 applied image by image with the same random draws, the per-epoch seeding (replay, resume, change between
 epochs), and the sharding of odd image counts across ranks, built in-process from build_loaders' arguments."""
-import argparse
 from typing import List, Tuple
 
 import pytest
@@ -10,7 +9,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
-from timm_fct.data.loaders import Loader, build_loaders, set_epoch_seed
+from timm_fct.data.loaders import Loader, LoaderConfig, build_loaders, set_epoch_seed
 
 SIZE = 8
 PAD = 2
@@ -43,20 +42,20 @@ class IndexedImages(Dataset):
         return (img if self.transform is None else self.transform(img)), self.targets[index]
 
 
-def loader_args(pipeline: str, rank: int = 0, world_size: int = 1, batch_size: int = 16) -> argparse.Namespace:
-    """What build_loaders and set_epoch_seed read, as train.py's resolve_args and resolve_preprocessing leave it."""
-    return argparse.Namespace(
+def loader_args(pipeline: str, rank: int = 0, world_size: int = 1, batch_size: int = 16) -> LoaderConfig:
+    """What build_loaders reads."""
+    return LoaderConfig(
         pipeline=pipeline, img_size=SIZE, mean=MEAN, std=STD, crop_pct=1.0, interpolation='bilinear',
         pad_crop=PAD, hflip=0.5, vflip=0.5, batch_size=batch_size, device=torch.device('cpu'), seed=SEED,
-        rank=rank, world_size=world_size, distributed=world_size > 1, workers=0, pin_mem=False)
+        rank=rank, world_size=world_size, workers=0, pin_memory=False)
 
 
-def loaders(args: argparse.Namespace, n_train: int = 40, n_eval: int = 5) -> Tuple[Loader, Loader]:
+def loaders(args: LoaderConfig, n_train: int = 40, n_eval: int = 5) -> Tuple[Loader, Loader]:
     return build_loaders(args, IndexedImages(n_train), IndexedImages(n_eval))
 
 
-def run_epoch(args: argparse.Namespace, loader: Loader, epoch: int) -> Batches:
-    set_epoch_seed(args, loader, epoch)
+def run_epoch(args: LoaderConfig, loader: Loader, epoch: int) -> Batches:
+    set_epoch_seed(loader, epoch, args.seed, args.rank)
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
@@ -84,7 +83,7 @@ def test_memory_training_batches_equal_torchvision_image_by_image():
     ds = IndexedImages(40)
     args = loader_args('memory')
     train, _ = build_loaders(args, ds, IndexedImages(5))
-    set_epoch_seed(args, train, 3)
+    set_epoch_seed(train, 3, args.seed, args.rank)
     replay = torch.Generator()
     replay.set_state(train.generator.get_state())
     batches = [(x, y) for x, y in train]
@@ -114,7 +113,7 @@ def test_pil_training_batches_equal_torchvision_image_by_image():
     ds = IndexedImages(40)
     args = loader_args('pil')
     train, _ = build_loaders(args, ds, IndexedImages(5))
-    set_epoch_seed(args, train, 3)
+    set_epoch_seed(train, 3, args.seed, args.rank)
     replay = torch.Generator()
     replay.set_state(torch.get_rng_state())
     batches = [(x, y) for x, y in train]

@@ -1,21 +1,19 @@
 """timm's dataset schemes in train.py and the report: Hugging Face datasets (hfds/, hfids/) and webdataset (wds/)
 shards built here from the digits, read offline; the streaming ones sharded by rank and worker with an exact epoch
 length; their mistakes one error line each."""
-import argparse
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.dataset_files import write_parquet_digits, write_wds_digits
-from tests.helpers import REPO, kill_after_first_epoch, run_train, summary_rows
+from tests.support.dataset_files import write_parquet_digits, write_wds_digits
+from tests.support.helpers import REPO, TRAIN, kill_after_first_epoch, run_train, summary_rows
 from timm_fct.data.datasets import DigitsDataset, build_dataset, class_names
-from timm_fct.data.loaders import build_loaders, set_epoch_seed
+from timm_fct.data.loaders import LoaderConfig, build_loaders, set_epoch_seed
 from timm_fct.train.args import parse_args
 
 pytest.importorskip('datasets', reason="the data extra: pip install -e '.[data]'")
@@ -66,11 +64,11 @@ def test_hfds_parquet_folder_is_the_digits_offline(hf_digits, tmp_path, offline)
 def test_input_and_target_keys_read_columns_of_other_names(tmp_path, offline):
     """A Hub dataset whose columns are not image/label (uoft-cs/cifar10's img): train.py's --input-key/--target-key
     reach timm's reader, and both splits are the digits."""
-    import train
+    from timm_fct.train import build
     folder = write_parquet_digits(tmp_path / 'hf', columns=('img', 'digit'))
     args = parse_args(['--dataset', f'hfds/{folder}', '--data-dir', str(tmp_path / 'cache'), '--val-split',
                        'validation', '--input-key', 'img', '--target-key', 'digit'])
-    train_ds, eval_ds, names = train.build_datasets(args)
+    train_ds, eval_ds, names = build.build_datasets(args)
     assert names == DigitsDataset().classes
     assert pixels_and_labels(eval_ds[i] for i in range(len(eval_ds))) == digits_samples('validation')
     assert pixels_and_labels(train_ds[i] for i in range(len(train_ds))) == digits_samples('train')
@@ -82,12 +80,12 @@ def test_wds_shards_are_the_digits(wds_digits):
     assert pixels_and_labels(ds) == digits_samples('validation')
 
 
-def loader_args(**kwargs) -> argparse.Namespace:
+def loader_args(**kwargs) -> LoaderConfig:
     """What build_loaders reads, for the PIL path at the digits' 8 px."""
     args = dict(pipeline='pil', img_size=8, mean=[0.3] * 3, std=[0.4] * 3, crop_pct=1.0, interpolation='bilinear',
-                pad_crop=1, hflip=0.0, vflip=0.0, batch_size=64, workers=0, pin_mem=False, distributed=False,
-                world_size=1, rank=0, seed=0)
-    return argparse.Namespace(**{**args, **kwargs})
+                pad_crop=1, hflip=0.0, vflip=0.0, batch_size=64, workers=0, pin_memory=False, world_size=1, rank=0,
+                seed=0)
+    return LoaderConfig(**{**args, **kwargs})
 
 
 @pytest.mark.parametrize('name', ['wds', 'hfids'])
@@ -103,7 +101,7 @@ def test_streaming_epoch_has_the_announced_number_of_full_batches(name, wds_digi
     assert len(train_loader) == math.ceil(DIGITS_TRAIN / 64) == 22
     orders = []
     for epoch in (0, 1, 0):
-        set_epoch_seed(args, train_loader, epoch)
+        set_epoch_seed(train_loader, epoch, args.seed, args.rank)
         labels = [y for _, y in train_loader]
         assert [len(y) for y in labels] == [64] * 22
         orders.append(torch.cat(labels))
@@ -122,7 +120,7 @@ def rank_loaders(wds_digits: Path, rank: int, world_size: int, workers: int):
         ds.reader.dist_rank, ds.reader.dist_num_replicas = rank, world_size
         datasets.append(ds)
     return build_loaders(loader_args(batch_size=16, workers=workers, world_size=world_size, rank=rank,
-                                     distributed=True, pad_crop=0, crop_pct=1.0), *datasets)
+                                     pad_crop=0, crop_pct=1.0), *datasets)
 
 
 def test_wds_shards_by_rank_and_worker(wds_digits):
@@ -152,9 +150,9 @@ def test_wds_with_fewer_shards_than_readers_is_refused(wds_digits):
 
 def run_train_in_process(capsys, tmp_path: Path, *argv: str) -> str:
     """train.main in this process; returns its error line, having checked it failed as a user mistake."""
-    import train
+    from timm_fct.train import command
     out = tmp_path / 'out'
-    assert train.main(['--no-progress', '--output', str(out), *argv]) == 2
+    assert command.main(['--no-progress', '--output', str(out), *argv]) == 2
     err = capsys.readouterr().err
     lines = err.splitlines()  # Hugging Face datasets' progress bars may come first
     assert lines[-1].startswith('error: ') and sum(line.startswith('error') for line in lines) == 1, err
@@ -228,7 +226,7 @@ def test_hfids_run_reaches_the_map_style_accuracy_and_reports_offline(small_run,
     run = tmp_path / 'hfids'
     assert last_top1(run) == pytest.approx(last_top1(small_run), abs=ACCURACY_NOISE)
 
-    from timm_fct.report.__main__ import main as report
+    from timm_fct.report.command import main as report
     assert report([str(run), '--out', str(tmp_path / 'report'), '--num-samples', str(DIGITS_VAL), '--max-images',
                    '100', '--num-images', '4', '-j', '0', '--device', 'cpu']) == 0
     metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
@@ -241,7 +239,7 @@ def test_killed_wds_run_resumes_at_the_next_epoch_and_reaches_the_map_style_accu
     position of an uninterrupted run (the last lr is the cycle's final one), to the map-style accuracy."""
     argv = [*STREAM_RUN_ARGS, '--dataset', 'wds/digits', '--data-dir', str(wds_digits), '--num-classes', '10',
             '--output', str(tmp_path), '--experiment', 'wds']
-    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *argv], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*TRAIN, *argv], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     kill_after_first_epoch(proc)
     run = tmp_path / 'wds'

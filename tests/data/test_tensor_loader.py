@@ -115,9 +115,8 @@ def pretrained_row_args(pipeline: str):
     import timm
     from timm_fct.data.datasets import DIGITS
     from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
-    from tests.helpers import REPO
 
-    args = parse_args(['-c', str(REPO / 'configs/cifar10_resnet50_fct_bn_pretrained.yaml'), '--dataset', DIGITS,
+    args = parse_args(['-c', 'cifar10_resnet50_fct_bn_pretrained', '--dataset', DIGITS,
                        '--val-split', 'validation', '--img-size', '32', '--pad-crop', '4', '--pipeline', pipeline,
                        '--device', 'cpu'])
     args.rank, args.world_size, args.distributed = 0, 1, False
@@ -131,11 +130,12 @@ def test_training_images_are_resized_with_the_runs_interpolation_as_evaluation_i
     """The pre-trained row resolves bicubic (timm's resnet50.a1_in1k); training images must be upsampled with it,
     as the evaluation images are, not with Resize's bilinear default."""
     from timm_fct.data.loaders import build_loaders
+    from timm_fct.train.build import loader_config
 
     args = pretrained_row_args(pipeline)
     assert args.interpolation == 'bicubic' and args.img_size == 32
     train_ds, eval_ds = DigitsDataset('train'), DigitsDataset('validation')
-    train_loader, eval_loader = build_loaders(args, train_ds, eval_ds)
+    train_loader, eval_loader = build_loaders(loader_config(args), train_ds, eval_ds)
     bicubic = transforms.Resize(32, interpolation=transforms.InterpolationMode.BICUBIC)
     eval_resize = eval_ds.transform.transforms[0] if pipeline == 'pil' else None
     if pipeline == 'memory':

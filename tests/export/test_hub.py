@@ -1,5 +1,4 @@
 """hub/: export a run in timm's Hub layout, load it back three ways offline, and push it with the network stubbed."""
-import importlib.util
 import json
 import os
 import re
@@ -18,26 +17,19 @@ from safetensors.torch import load_file
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.errors import FctError
+from timm_fct.export import command as publish_cli
 from timm_fct.export import hub
 from timm_fct.export.hub import NO_TOKEN, export, push, validate_export
 from timm_fct.runs.folder import RunFolder, RunInfo, read_checkpoint
 from timm_fct.runs.load import load_model
 
-from tests.helpers import BEST_CHECKPOINT, assert_same_tensors, run_offline, write_hub_cache
+from tests.support.helpers import BEST_CHECKPOINT, assert_same_tensors, run_offline, write_hub_cache
 
 REPO_ID = 'org/fct-digits'
 TOKEN = 'hf_secret_test_token_0123456789'
 EXPORTED_FILES = ['README.md', 'accuracy.png', 'config.json', 'confusion_matrix.png', 'model.safetensors']
 
 
-def _load_publish_cli():
-    spec = importlib.util.spec_from_file_location('publish', Path(__file__).parents[1] / 'hub' / 'publish.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-publish_cli = _load_publish_cli()
 
 
 def _save_plot(path: Path) -> None:
@@ -339,6 +331,18 @@ def test_bad_checkpoint_fails_clearly_and_leaves_nothing(make: Callable, message
     result = run_cli(capsys, run, '--out', tmp_path / 'export')
     assert result.rc == 2 and message in result.err, result.err
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_export_onto_an_existing_folder_is_refused_and_changes_nothing(small_run, tmp_path, capsys):
+    """--out names a folder that exists (a previous export, or anything else): one error line, its files as they were."""
+    out = tmp_path / 'export'
+    out.mkdir()
+    (out / 'README.md').write_text('an earlier export\n')
+    result = run_cli(capsys, small_run, '--out', out)
+    assert result.rc == 2 and result.err.strip().splitlines() == [f'error: {out} already exists: remove it or choose '
+                                                                  f'another --out']
+    assert [p.name for p in out.iterdir()] == ['README.md'] and (out / 'README.md').read_text() == 'an earlier export\n'
+    assert [p.name for p in tmp_path.iterdir()] == ['export']
 
 
 def test_export_failing_after_its_temporary_folder_exists_leaves_nothing(small_run, tmp_path, monkeypatch, capsys):

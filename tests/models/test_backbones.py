@@ -1,5 +1,6 @@
 """FCT heads on timm backbones other than ResNet: the generic models, the named ones, and their errors."""
 import json
+import re
 
 import pytest
 import timm
@@ -99,6 +100,28 @@ def test_layer_decay_follows_the_backbones_own_groups(backbone):
     backbone_scales = [scale[n] for n in scale if n.startswith('backbone.') and n.endswith('weight')]
     assert backbone_scales == sorted(backbone_scales) and max(backbone_scales) < 1.0
     assert len(set(backbone_scales)) > 4
+
+
+def lr_scales(model: nn.Module) -> dict:
+    """Each parameter's lr scale under timm's layer-wise decay of 0.5, by name."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: g['lr_scale'] for g in param_groups_layer_decay(model, layer_decay=0.5) for p in g['params']}
+
+
+@pytest.mark.parametrize('name,kwargs,plain', [
+    ('resnet18_fct_bn_cifar', {}, 'resnet18_cifar'),
+    ('fct_bn', dict(backbone='convnext_atto'), 'convnext_atto'),
+])
+def test_layer_decay_scales_each_backbone_weight_as_timm_scales_it_in_the_plain_model(name, kwargs, plain):
+    """Every backbone parameter's lr scale is timm's for the same parameter of the plain model, times one constant
+    (the FCT modules and classifier, one group above the backbone's): the backbone's fine groups, each kept."""
+    ours, theirs = (lr_scales(timm.create_model(name, **kwargs)), lr_scales(timm.create_model(plain)))
+    # features_only flattens ConvNeXt's stem.0 / stages.0 into stem_0 / stages_0; ResNet's names are kept
+    ratios = {n: ours[n] / theirs[re.sub(r'^backbone\.(stem|stages)_(\d+)', r'\1.\2', n).replace('backbone.', '', 1)]
+              for n in ours if n.startswith('backbone.')}
+    assert len(ratios) == sum(1 for n in theirs if not n.startswith(('fc.', 'head.')))
+    assert len(set(ratios.values())) == 1, sorted(set(ratios.values()))
+    assert {ours[n] for n in ours if not n.startswith('backbone.')} == {1.0}
 
 
 class NoFeatures(nn.Module):

@@ -10,8 +10,8 @@ from timm.layers import LayerNorm2d
 from timm.utils import AttentionExtract
 
 from timm_fct.models import ConvAttention, FctNet
-from tests.helpers import SMALL_MODEL, our_models
-from tests.upstream import test_models as upstream
+from tests.support.helpers import SMALL_MODEL, our_models
+from tests.support.upstream import contracts
 
 FCT_MODELS = timm.list_models('*_fct_*')
 
@@ -38,9 +38,10 @@ def test_registry_lists_the_family():
 @pytest.mark.parametrize('model_name', FCT_MODELS)
 def test_forward_intermediates_and_prune_timm_contracts(model_name):
     """timm keys its forward_intermediates and prune tests to its own module names; run them on ours."""
-    upstream.test_model_forward_intermediates(model_name, 1)
-    upstream.test_model_forward_intermediates_features(model_name, 1)
-    upstream.test_prune_intermediate_layers_contract(model_name)
+    timm_tests = contracts()
+    timm_tests.test_model_forward_intermediates(model_name, 1)
+    timm_tests.test_model_forward_intermediates_features(model_name, 1)
+    timm_tests.test_prune_intermediate_layers_contract(model_name)
 
 
 @pytest.mark.parametrize('model_name,norm_type', [('resnet18_fct_bn_cifar', nn.BatchNorm2d),

@@ -21,6 +21,7 @@ import timm
 from timm.layers import set_fused_attn, use_fused_attn
 
 import timm_fct  # noqa: F401  registers the models
+from timm_fct.train.args import build_parser, read_config, shipped_configs
 
 EMBED_DIM = 32
 NUM_HEADS = 4  # d_head = 8: 1/sqrt(d) and 1/d differ by 2.8x, and four heads make a scrambled split visible
@@ -90,7 +91,8 @@ def ref_mhsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) 
     return torch.cat(heads, dim=1)  # CONCAT(head_1, ..., head_n)
 
 
-def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind: str) -> torch.Tensor:
+def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind: str,
+            num_heads: int = NUM_HEADS) -> torch.Tensor:
     """One FCT module, eqs. 7-9, from a tapped map z_hat and the global descriptor g."""
     # Sec. 3.2: add g to the tap; design choice: a linear P_l matches g's width to the tap's
     g_l = g @ w[f'{prefix}.global_proj.weight'].t() + w[f'{prefix}.global_proj.bias']
@@ -107,7 +109,7 @@ def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind:
         y = ref_norm(y, w, f'{prefix}.attn.{name}_conv.norm', kind)
         return ref_pointwise(y, w, f'{prefix}.attn.{name}')
 
-    attn = ref_mhsa(qkv('q', 1), qkv('k', kv_stride), qkv('v', kv_stride), NUM_HEADS)
+    attn = ref_mhsa(qkv('q', 1), qkv('k', kv_stride), qkv('v', kv_stride), num_heads)
     z = ref_pointwise(attn, w, f'{prefix}.attn.proj') + z  # design choice: 1x1 output projection
     # eq. 9: z + FL(N(z)), FL = GELU(CONV) (eq. 5)
     focus = F.conv2d(ref_norm(z, w, f'{prefix}.norm', kind), w[f'{prefix}.focus.conv.weight'],
@@ -115,12 +117,12 @@ def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind:
     return z + ref_gelu(focus)
 
 
-def ref_logits(levels: List[torch.Tensor], w: Weights, kind: str) -> torch.Tensor:
+def ref_logits(levels: List[torch.Tensor], w: Weights, kind: str, num_heads: int = NUM_HEADS) -> torch.Tensor:
     """Sec. 3.2 and Fig. 1: FCT modules on ResNet stages 1-3, g the pooled last stage, pooled outputs concatenated."""
     assert len(levels) == 5, [t.shape for t in levels]  # stem, stages 1-4
     taps, last = levels[1:4], levels[4]
     g = last.mean(dim=(2, 3))  # the penultimate-layer descriptor of the ResNet
-    pooled = [ref_fct(z_hat, g, w, f'fct.{i}', kind).mean(dim=(2, 3)) for i, z_hat in enumerate(taps)]
+    pooled = [ref_fct(z_hat, g, w, f'fct.{i}', kind, num_heads).mean(dim=(2, 3)) for i, z_hat in enumerate(taps)]
     features = torch.cat(pooled, dim=1)
     return features @ w['head.fc.weight'].t() + w['head.fc.bias']
 
@@ -129,8 +131,9 @@ def ref_logits(levels: List[torch.Tensor], w: Weights, kind: str) -> torch.Tenso
 # models with weights that a wrong formula cannot hide behind
 # ----------------------------------------------------------------------------------------------------
 
-def build_model(kind: str, fused: bool) -> torch.nn.Module:
-    """A small CIFAR ResNet-18 FCT model in float64 eval mode, built with timm's fused_attn switch as given.
+def build_model(kind: str, fused: bool, name: str = '', **kwargs) -> torch.nn.Module:
+    """An FCT model (by default a small CIFAR ResNet-18 one) in float64 eval mode, built with timm's fused_attn
+    switch as given.
 
     The module reads the switch at construction, so it is set around create_model and restored after.
     Fresh initialisation leaves biases at 0, norm weights at 1 and BN statistics at (0, 1), under which a
@@ -139,7 +142,8 @@ def build_model(kind: str, fused: bool) -> torch.nn.Module:
     was_fused, was_experimental = use_fused_attn(), use_fused_attn(experimental=True)
     set_fused_attn(fused)
     try:
-        model = timm.create_model(f'resnet18_fct_{kind}_cifar', embed_dim=EMBED_DIM, num_heads=NUM_HEADS)
+        model = (timm.create_model(name, **kwargs) if name else
+                 timm.create_model(f'resnet18_fct_{kind}_cifar', embed_dim=EMBED_DIM, num_heads=NUM_HEADS))
     finally:
         set_fused_attn(was_fused, experimental=was_experimental)
     model = model.double().eval()
@@ -205,3 +209,33 @@ def test_logits_are_the_classifier_of_the_pooled_fct_outputs(kind: str, fused: b
         expected = ref_logits(model.backbone(x), model.state_dict(), kind)
     assert logits.shape == expected.shape == (2, 10)
     torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
+
+
+def table1_fct_rows() -> List[tuple]:
+    """(config, model, FCT norm, training size) of every shipped Table 1 config whose model has FCT modules."""
+    rows = []
+    for config in shipped_configs():
+        cfg = read_config(config, build_parser())
+        kind = cfg['model'].split('_fct_')[-1].split('_')[0] if '_fct_' in cfg['model'] else None
+        if kind:
+            rows.append(pytest.param(cfg['model'], kind, cfg.get('img_size', 32), id=config))
+    return rows
+
+
+@pytest.mark.parametrize('name,kind,size', table1_fct_rows())
+def test_the_table1_rows_models_as_their_configs_name_them_compute_the_papers_equations(name, kind, size):
+    """The rows' own ResNet-50 models (default width, heads and taps), at the size each row trains at: logits equal
+    the reference on the backbone's maps; the CIFAR rows start with the 3x3 stride-1 stem and no max-pool, the
+    pre-trained row with ResNet-50's own 7x7 stride-2 stem and max-pool."""
+    torch.manual_seed(0)
+    model = build_model(kind, fused=True, name=name, num_classes=10)
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(x)
+        expected = ref_logits(model.backbone(x), model.state_dict(), kind, model.fct['0'].attn.num_heads)
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
+    stem = model.backbone.conv1
+    cifar = name.endswith('_cifar')
+    assert (stem.kernel_size, stem.stride) == (((3, 3), (1, 1)) if cifar else ((7, 7), (2, 2)))
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity) == cifar
+    assert [model.fct[str(i)].patch_embed.in_channels for i in range(3)] == [256, 512, 1024]  # ResNet-50 stages 1-3

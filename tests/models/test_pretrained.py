@@ -10,19 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import timm_fct
 
-from tests.helpers import REPO, assert_backbone_is, run_offline, write_hub_cache
+from tests.support.helpers import REPO, assert_backbone_is, backbone_hub_cache, run_offline, write_hub_cache
 from timm_fct.models.fct import checkpoint_filter_fn
-
-def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
-    """A stand-in for timm/<arch>.<tag>: real weights of that architecture (random, seeded) in the cache layout."""
-    torch.manual_seed(0)
-    weights = timm.create_model(arch).state_dict()
-    snapshot = write_hub_cache(hf_home, f'timm/{arch}.{tag}', {
-        'model.safetensors': lambda p: save_file(weights, str(p)),
-        'config.json': lambda p: p.write_text(json.dumps({'architecture': arch, 'num_classes': 1000})),
-    })
-    return hf_home, snapshot / 'model.safetensors'
-
 
 @pytest.fixture(scope='module')
 def resnet18_hub_cache(tmp_path_factory):
@@ -106,6 +95,19 @@ def test_backbone_checkpoint_missing_a_key_is_an_error_for_any_num_classes(tmp_p
     assert 'lacks 1 weights of the backbone' in result.stderr and 'layer2.0.bn1.running_mean' in result.stderr
 
 
+def test_an_fct_checkpoint_missing_a_key_is_an_error_for_any_num_classes(tmp_path):
+    """Our own checkpoint as pretrained weights, one FCT weight removed: refused, naming it, also at another class
+    count (where timm loads non-strictly and drops the classifier)."""
+    weights = timm.create_model('resnet18_fct_bn_cifar').state_dict()
+    del weights['fct.1.focus.conv.weight']
+    path = tmp_path / 'fct.safetensors'
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+    for num_classes in (10, 5):
+        with pytest.raises(RuntimeError, match=r'lacks 1 weights of FctNet.*fct\.1\.focus\.conv\.weight'):
+            timm.create_model('resnet18_fct_bn_cifar', pretrained=True, num_classes=num_classes,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+
+
 def test_offline_with_empty_cache_fails_fast_with_a_clear_error(tmp_path):
     code = "import timm, timm_fct; timm.create_model('resnet18_fct_bn', pretrained=True)"
     result = run_offline(tmp_path, code)
@@ -184,7 +186,7 @@ save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out
 
 def test_torch_hub_finds_every_registered_model_through_hubconf():
     """`torch.hub.load` on a checkout lists and builds the models by their timm names, with timm's arguments."""
-    repo = str(Path(__file__).parent.parent)
+    repo = str(REPO)
     entries = runpy.run_path(str(Path(repo) / 'hubconf.py'))  # torch.hub.list reads only GitHub repos
     assert set(timm.list_models(module=['fct', 'resnet_cifar'])) <= set(entries)
     model = torch.hub.load(repo, 'resnet18_fct_bn_cifar', source='local', num_classes=7, embed_dim=32)
@@ -211,13 +213,13 @@ def test_torchvision_weights_for_the_pretrained_row_resolve_offline(resnet50_tv_
     code = f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
-import train
+from timm_fct.train import build
 from safetensors.torch import save_file
 from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
 args = parse_args({list(flags) + ['--pretrained', '--num-classes', '10', '--device', 'cpu', '--dataset', 'torch/cifar10']!r})
 args.rank, args.world_size, args.distributed = 0, 1, False
 resolve_args(args)
-model = train.build_model(args)
+model = build.build_model(args)
 resolve_preprocessing(args, model)
 save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
 print(json.dumps(dict(hf_hub_id=model.pretrained_cfg.get('hf_hub_id'), interpolation=args.interpolation,

@@ -1,6 +1,6 @@
 """The FCT modules compute what they computed before their forward was fused for speed (issue 21).
 
-tests/data/fct_head_saved.safetensors holds, for a small model of each norm, the state dict, an input, and
+tests/models/fct_head_saved.safetensors holds, for a small model of each norm, the state dict, an input, and
 what the code of commit b76b77d (before the fusion) gave for it: eval logits, train-mode logits, the FCT
 parameters' gradients of a fixed loss on them, and the FCT norms' running statistics after that forward.
 The current code loads the old state dict strictly (same keys and shapes) and must give the same numbers.
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import timm_fct  # noqa: F401  registers the models
 
-FIXTURE = Path(__file__).parent / 'data' / 'fct_head_saved.safetensors'
+FIXTURE = Path(__file__).parent / 'fct_head_saved.safetensors'
 # 36 px: patch grids 18x18 and 9x9 (K/V strided) and 5x5 (not), and FCT outputs whose sizes do not divide
 INPUT_SHAPE = (2, 3, 36, 36)
 NORMS = ('bn', 'ln')

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.report import maps
 from timm_fct.report.metrics import Evaluation, compute_metrics
-from timm_fct.report.__main__ import main as report_main
+from timm_fct.report.command import main as report_main
 
-from tests.helpers import BEST_CHECKPOINT, SMALL_MODEL
+from tests.support.helpers import BEST_CHECKPOINT, REPO, SMALL_MODEL
 
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
 
@@ -42,7 +42,7 @@ def digits_run(small_run) -> Path:
 
 def run_report(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, '-m', 'timm_fct.report', *args, '-j', '0', '--num-images', '4']
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
 def leftovers(parent: Path) -> list:

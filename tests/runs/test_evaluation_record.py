@@ -7,7 +7,7 @@ from timm_fct.export.hub import metrics_section
 from timm_fct.report.inputs import weights_line
 from timm_fct.runs.folder import RunFolder, RunInfo
 from timm_fct.runs.load import LoadedModel
-from tests.helpers import QUICK, run_train, summary_rows
+from tests.support.helpers import QUICK, run_train, summary_rows
 
 # top-1 per epoch: the best (epoch 1) is not the last (epoch 2)
 TOP1 = [61.5, 72.25, 66.75]

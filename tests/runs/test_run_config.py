@@ -10,7 +10,7 @@ import pytest
 import timm
 import yaml
 
-from tests.helpers import SMALL_MODEL
+from tests.support.helpers import SMALL_MODEL
 from timm_fct.export.hub import export
 
 IMG_SIZE = 10  # neither the model's default (32) nor the digits' (16)
@@ -25,9 +25,9 @@ COMMAND = ('--no-progress', '--epochs', '1', '-b', '64', '--model', SMALL_MODEL,
 @pytest.fixture(scope='module')
 def run(tmp_path_factory) -> Path:
     """One tiny train.py run (in-process) with non-default preprocessing and model arguments."""
-    import train
+    from timm_fct.train import command
     out = tmp_path_factory.mktemp('cmdline')
-    assert train.main([*COMMAND, '--output', str(out), '--experiment', 'run']) == 0
+    assert command.main([*COMMAND, '--output', str(out), '--experiment', 'run']) == 0
     return out / 'run'
 
 

@@ -1,5 +1,6 @@
-"""Helpers the tests share: one name per model, running train.py and offline Hub loads, comparing tensors."""
+"""Helpers the tests share: one name per model, running training and offline Hub loads, comparing tensors."""
 import csv
+import json
 import os
 import signal
 import socket
@@ -10,11 +11,12 @@ from typing import Dict, List, Optional
 
 import timm
 import torch
+from safetensors.torch import save_file
 
 import timm_fct  # noqa: F401  registers the models
-from timm_fct.models.fct import GENERIC_MODELS
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
+TRAIN = (sys.executable, '-m', 'timm_fct.train')  # training as a user starts it
 SMALL_MODEL = 'resnet18_fct_bn_cifar'  # the model of the machinery tests and of train.py's main job
 BEST_CHECKPOINT = 'model_best.pth.tar'  # the name timm's CheckpointSaver gives a run's best checkpoint
 OUR_MODULES = ('fct', 'resnet_cifar')
@@ -22,16 +24,12 @@ OUR_MODULES = ('fct', 'resnet_cifar')
 # channels under 8-wide FCT modules (95k parameters); the costly part of a bf16 step is the backbone's width
 TINY_BACKBONE = dict(backbone='resnet18_cifar', backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)))
 TINY_EMBED_DIM = 8
+TINY_TRAIN_ARGS = ('--model', 'fct_bn', '--model-kwargs', 'backbone=resnet18_cifar',  # the same, as training's flags
+                   "backbone_kwargs={'layers':(1,1,1,1),'channels':(8,16,32,64)}", f'embed_dim={TINY_EMBED_DIM}')
 
 
 def our_models(include_tags: bool = False) -> List[str]:
     return timm.list_models(module=list(OUR_MODULES), include_tags=include_tags)
-
-
-def upstream_models() -> set:
-    """Ours that timm's tests run on. The generic fct_bn / fct_ln build resnet50_fct_bn / _ln by default,
-    the same networks, on which timm's tests run; tests/test_backbones.py covers them on other backbones."""
-    return set(our_models()) - set(GENERIC_MODELS)
 
 
 def assert_same_tensors(actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], what: str = '',
@@ -65,8 +63,8 @@ def run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
 
 def run_train(*args: str, cwd: Optional[Path] = None, timeout: int = 600, umask: Optional[int] = None,
               **env: str) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, in a subprocess (under `umask` when given)."""
-    cmd = [sys.executable, str(REPO / 'train.py'), '--no-progress', *args]
+    """Run training as a user would, in a subprocess (under `umask` when given)."""
+    cmd = [*TRAIN, '--no-progress', *args]
     return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **env}, preexec_fn=None if umask is None else lambda: os.umask(umask))
 
@@ -91,17 +89,17 @@ def free_port() -> int:
 DISTRIBUTED_ARGS = ('--epochs', '3', '--model', 'test_convnext', '--img-size', '32', '--pad-crop', '0', '--pipeline',
                     'memory', '--device', 'cpu', '--model-ema', '--model-ema-decay', '0.9')
 
-# train.py with each rank's parameters saved to {out}/rank<R>.pt at every epoch's replica check (the last one stays)
+# training with each rank's parameters saved to {out}/rank<R>.pt at every epoch's replica check (the last one stays)
 RANK_STATES_WRAPPER = """
 import sys, torch
-sys.path.insert(0, {repo!r})
-import train
-check = train.check_replicas_in_sync
+sys.path.insert(0, {repo!r})  # the checkout under test
+from timm_fct.train import command, loop
+check = loop.check_replicas_in_sync
 def dump_then_check(args, model):
     torch.save({{k: v.detach().clone() for k, v in model.state_dict().items()}}, f'{out}/rank{{args.rank}}.pt')
     check(args, model)
-train.check_replicas_in_sync = dump_then_check
-sys.exit(train.main(sys.argv[1:]))
+loop.check_replicas_in_sync = dump_then_check
+sys.exit(command.main(sys.argv[1:]))
 """
 
 
@@ -150,7 +148,7 @@ def assert_backbone_is(loaded: Dict[str, torch.Tensor], hub: Dict[str, torch.Ten
 
 
 def kill_after_first_epoch(proc: subprocess.Popen) -> None:
-    """SIGKILL a train.py started with stdout piped, as soon as it prints 'epoch 1/N' (once epoch 1's checkpoint is
+    """SIGKILL a training run started with stdout piped, as soon as it prints 'epoch 1/N' (once epoch 1's checkpoint is
     on disk), and check that the kill, not the run's end, stopped it."""
     for line in proc.stdout:
         if line.startswith('epoch 1/'):
@@ -158,3 +156,14 @@ def kill_after_first_epoch(proc: subprocess.Popen) -> None:
             break
     proc.wait(timeout=600)
     assert proc.returncode == -signal.SIGKILL, 'the run ended before epoch 1 was printed'
+
+
+def backbone_hub_cache(hf_home, arch: str, tag: str = 'a1_in1k'):
+    """A stand-in for timm/<arch>.<tag>: real weights of that architecture (random, seeded) in the cache layout."""
+    torch.manual_seed(0)
+    weights = timm.create_model(arch).state_dict()
+    snapshot = write_hub_cache(hf_home, f'timm/{arch}.{tag}', {
+        'model.safetensors': lambda p: save_file(weights, str(p)),
+        'config.json': lambda p: p.write_text(json.dumps({'architecture': arch, 'num_classes': 1000})),
+    })
+    return hf_home, snapshot / 'model.safetensors'

@@ -1,4 +1,4 @@
-"""reproduce.py: the whole Table 1 protocol on the digits at the tiniest settings, run again, interrupted, refused.
+"""`python -m timm_fct.table1`: the whole Table 1 protocol on the digits at the tiniest settings, run again, interrupted, refused.
 
 One protocol run (two rows and the pre-trained one, two seeds, two epochs at 8 px, offline with an empty
 Hugging Face cache) is shared by the module; the interrupted run repeats one of its runs and must end equal.
@@ -13,24 +13,25 @@ from pathlib import Path
 
 import pytest
 
-import reproduce
-from tests.helpers import REPO, run_offline, summary_rows, write_hub_cache
+from timm_fct.table1 import protocol
+from timm_fct.table1.table import RowResult, markdown, run_result
+from tests.support.helpers import REPO, run_offline, summary_rows, write_hub_cache
 
 ROWS = ('resnet50', 'fct_bn')
-TINY = ('--epochs', '2', '--img-size', '8')  # --img-size goes through to train.py unchanged
+TINY = ('--epochs', '2', '--img-size', '8')  # --img-size goes through to training unchanged
 SEEDS = (1, 2)
 
 
-def reproduce_command(out: Path, *args: str) -> list:
-    return [sys.executable, str(REPO / 'reproduce.py'), '--out', str(out), *args]
+def table1_command(out: Path, *args: str) -> list:
+    return [sys.executable, '-m', 'timm_fct.table1', '--out', str(out), *args]
 
 
 def offline_env(hf_home: Path) -> dict:
     return dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1')
 
 
-def run_reproduce(out: Path, *args: str, hf_home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(reproduce_command(out, *args), cwd=REPO, capture_output=True, text=True, timeout=3600,
+def run_table1(out: Path, *args: str, hf_home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(table1_command(out, *args), cwd=REPO, capture_output=True, text=True, timeout=3600,
                           env=offline_env(hf_home))
 
 
@@ -41,7 +42,7 @@ PROTOCOL_ARGS = ('--seeds', '2', '--rows', *ROWS, 'pretrained', *TINY)
 def table1_run(tmp_path_factory: pytest.TempPathFactory):
     """The protocol once; the pre-trained row cannot run (offline, no cached ImageNet weights)."""
     root = tmp_path_factory.mktemp('table1')
-    result = run_reproduce(root / 'out', *PROTOCOL_ARGS, hf_home=root / 'hf_home')
+    result = run_table1(root / 'out', *PROTOCOL_ARGS, hf_home=root / 'hf_home')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, result
 
@@ -102,7 +103,7 @@ def test_second_invocation_trains_nothing(table1_run):
     root, _ = table1_run
     out = root / 'out'
     before, rows_before = files_state(out / 'runs'), table(out)['rows']
-    result = run_reproduce(out, *PROTOCOL_ARGS, hf_home=root / 'hf_home')
+    result = run_table1(out, *PROTOCOL_ARGS, hf_home=root / 'hf_home')
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('skipped, finished earlier') == len(ROWS) * len(SEEDS)
     assert 'starting' not in result.stdout and 'resuming' not in result.stdout
@@ -115,17 +116,17 @@ def test_interrupted_run_is_resumed_not_restarted_and_ends_as_if_never_interrupt
     root, _ = table1_run
     out, args = tmp_path / 'out', ('--seeds', '1', '--rows', 'fct_bn', *TINY)
     run = out / 'runs' / 'fct_bn-seed1'
-    proc = subprocess.Popen(reproduce_command(out, *args), cwd=REPO, stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(table1_command(out, *args), cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env=offline_env(root / 'hf_home'), start_new_session=True)
     for line in proc.stdout:
-        if 'fct_bn seed 1 | epoch 1/2' in line:  # train.py prints it after the epoch's checkpoint is saved
+        if 'fct_bn seed 1 | epoch 1/2' in line:  # training prints it after the epoch's checkpoint is saved
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait()
     first_epoch = summary_rows(run)
     assert [r['epoch'] for r in first_epoch] == ['0']
 
-    result = run_reproduce(out, *args, hf_home=root / 'hf_home')
+    result = run_table1(out, *args, hf_home=root / 'hf_home')
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'resuming after epoch 1/2' in result.stdout
     rows = summary_rows(run)
@@ -138,14 +139,17 @@ def test_interrupted_run_is_resumed_not_restarted_and_ends_as_if_never_interrupt
     assert resumed_row['runs'][0] == reference['runs'][0]
 
 
-def test_changed_settings_in_the_same_results_folder_are_refused(table1_run, capsys):
-    """A finished 2-epoch run is not a 3-epoch run: one error line, and nothing trains or changes."""
+@pytest.mark.parametrize('changed,named', [(('--epochs', '3'), '--epochs 3 (the run has 2)'),
+                                           (('--epochs', '2', '--pct-start', '0.5'), '--pct-start 0.5 (the run has 0.3)')])
+def test_changed_settings_in_the_same_results_folder_are_refused(table1_run, capsys, changed, named):
+    """A finished 2-epoch run is not a 3-epoch run, nor one on another schedule: one error line naming the one
+    difference, and nothing trains or changes."""
     root, _ = table1_run
     before = files_state(root / 'out')
-    argv = ['--out', str(root / 'out'), '--rows', 'fct_bn', '--seeds', '1', '--epochs', '3', '--img-size', '8']
-    assert reproduce.main(argv) == 2
+    argv = ['--out', str(root / 'out'), '--rows', 'fct_bn', '--seeds', '1', '--img-size', '8', *changed]
+    assert protocol.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('error:') and 'epochs 2 there, 3 now' in err[0]
+    assert len(err) == 1 and err[0].startswith('error:') and f'but {named}; drop' in err[0], err
     assert files_state(root / 'out') == before
 
 
@@ -157,7 +161,7 @@ def test_changed_settings_in_the_same_results_folder_are_refused(table1_run, cap
     (['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
 ])
 def test_bad_input_is_one_error_line_and_exit_code_2(argv, message, tmp_path, capsys):
-    assert reproduce.main(['--out', str(tmp_path / 'out'), *argv]) == 2
+    assert protocol.main(['--out', str(tmp_path / 'out'), *argv]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error:') and message in err[0], err
@@ -174,3 +178,23 @@ def test_cached_imagenet_weights_make_the_pretrained_row_available_offline(tmp_p
     assert result.stdout.strip() == 'None'
     result = run_offline(tmp_path / 'empty_hf_home', code)
     assert 'timm/resnet18.a1_in1k' in result.stdout and 'cannot be downloaded' in result.stdout
+
+
+def test_the_table_reports_the_last_epoch_apart_from_the_best(tmp_path):
+    """Runs whose best epoch is not their last: the last-epoch column is each run's final row, the best column its
+    best row, each mean and sample std over the seeds computed here from the rows written."""
+    top1 = {1: [50.0, 80.0, 70.0], 2: [60.0, 90.0, 85.0]}
+    for seed, values in top1.items():
+        run = tmp_path / 'runs' / f'fct_bn-seed{seed}'
+        run.mkdir(parents=True)
+        lines = ['epoch,train_loss,eval_loss,eval_top1,eval_top5,lr,epoch_time']
+        lines += [f'{e},1,1,{t},99,0.01,1' for e, t in enumerate(values)]
+        (run / 'summary.csv').write_text('\n'.join(lines) + '\n')
+    row = RowResult('fct_bn', 'ours (with BN)', 'resnet50_fct_bn_cifar', 93.35, 'cmd', 2, 'complete')
+    row.runs = [run_result(tmp_path / 'runs' / f'fct_bn-seed{s}', tmp_path, s, 3) for s in top1]
+    last, best = [v[-1] for v in top1.values()], [max(v) for v in top1.values()]
+    assert row.stats('last_top1') == {'mean': statistics.mean(last), 'std': pytest.approx(statistics.stdev(last))}
+    assert row.stats('best_top1') == {'mean': statistics.mean(best), 'std': pytest.approx(statistics.stdev(best))}
+    table_row = next(line for line in markdown([row], [], 'the digits').splitlines() if line.startswith('| ours'))
+    assert (f'| {statistics.mean(last):.2f} ± {statistics.stdev(last):.2f} | '
+            f'{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f} |') in table_row

@@ -12,7 +12,7 @@ import torch
 import yaml
 from timm.utils import CheckpointSaver
 
-from tests.helpers import (
+from tests.support.helpers import (
     DISTRIBUTED_ARGS, QUICK, REPO, SMALL_MODEL, assert_same_tensors, read_state, summary_rows, torchrun,
 )
 from timm_fct.runs.folder import read_checkpoint
@@ -25,8 +25,8 @@ def test_two_nodes_stay_in_sync_and_match_one_process_at_the_same_global_batch(t
     """Two torchrun launches meeting at a c10d rendezvous, a process of -b 64 each, train as one process of -b 128."""
     ranks = [torch.load(two_node_run / f'rank{r}.pt') for r in (0, 1)]
     assert_same_tensors(ranks[0], ranks[1], 'rank 0 vs rank 1', exact=False)
-    import train  # in this process: one interpreter start less than a launch
-    assert train.train_command(['--no-progress', *DISTRIBUTED_ARGS, '-b', '128', '--output', str(tmp_path),
+    from timm_fct.train import command  # in this process: one interpreter start less than a launch
+    assert command.train_from_args(['--no-progress', *DISTRIBUTED_ARGS, '-b', '128', '--output', str(tmp_path),
                                 '--experiment', 'single']) == 0
     one = read_state(tmp_path / 'single' / 'last.pth.tar')['state_dict']
     for k, v in one.items():
@@ -41,7 +41,7 @@ def test_two_nodes_stay_in_sync_and_match_one_process_at_the_same_global_batch(t
 KILLED_WORKER_WRAPPER = """
 import os, signal, sys, torch
 sys.path.insert(0, {repo!r})
-import train
+from timm_fct.train import command
 step = torch.optim.Adam.step
 updates = [0]
 def step_or_die(self, *args, **kwargs):
@@ -51,7 +51,7 @@ def step_or_die(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return step(self, *args, **kwargs)
 torch.optim.Adam.step = step_or_die
-sys.exit(train.main(sys.argv[1:]))
+sys.exit(command.main(sys.argv[1:]))
 """
 
 
@@ -153,25 +153,26 @@ def test_auto_resume_never_takes_a_checkpoint_killed_while_being_written(tmp_pat
 def test_auto_resume_refuses_a_run_folder_of_other_settings_and_changes_nothing(tmp_path, capsys, left):
     """The folder's run was trained at 12 px (its checkpoint says so, or its args.yaml when killed before the first
     checkpoint); --resume auto at 8 px is refused with resume's one error line, naming the difference."""
-    import train
+    from timm_fct.train import command
+    from timm_fct.train.identity import plain_settings
     run = tmp_path / 'run'
     run.mkdir()
-    saved = {'model': SMALL_MODEL, 'img_size': 12}
+    saved = plain_settings(command.resolved_settings([*QUICK, '--img-size', '12']))
     if left == 'checkpoint':
         torch.save({'state_dict': {}, 'arch': SMALL_MODEL, 'args': saved, 'epoch': 0}, run / 'last.pth.tar')
     else:
         (run / 'args.yaml').write_text(yaml.safe_dump(saved))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    assert train.main([*QUICK, '--resume', 'auto', '--output', str(tmp_path), '--experiment', 'run']) == 2
+    assert command.main([*QUICK, '--resume', 'auto', '--output', str(tmp_path), '--experiment', 'run']) == 2
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith('error:')] == err.splitlines()[:1]
     assert err.startswith('error: --resume ') and 'Traceback' not in err
-    assert 'a resumed run keeps its model and preprocessing, but --img-size 8 (the run has 12)' in err
+    assert 'a resumed run keeps its settings, but --img-size 8 (the run has 12)' in err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_auto_resume_needs_the_run_folder_named(tmp_path, capsys):
-    import train
-    assert train.main([*QUICK, '--resume', 'auto', '--output', str(tmp_path)]) == 2
+    from timm_fct.train import command
+    assert command.main([*QUICK, '--resume', 'auto', '--output', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: --resume auto needs --experiment NAME')
     assert not any(tmp_path.iterdir())

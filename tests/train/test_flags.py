@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import train
-from tests.helpers import REPO, assert_backbone_is, run_offline
-from tests.test_pretrained import backbone_hub_cache
+from timm_fct.train import build, command, loop
+from tests.support.helpers import REPO, assert_backbone_is, backbone_hub_cache, run_offline
 from timm_fct.train.args import parse_args, resolve_args
 
 TINY = ('--epochs', '1', '--img-size', '8', '-b', '64', '--model-kwargs', 'embed_dim=32')
@@ -19,7 +18,7 @@ def model_from_flags(*flags: str) -> torch.nn.Module:
     """train.py's model for these flags, on the digits' 10 classes."""
     args = parse_args(list(flags))
     args.num_classes = 10
-    return train.build_model(args)
+    return build.build_model(args)
 
 
 def training_outputs_differ(model: torch.nn.Module) -> bool:
@@ -44,8 +43,8 @@ def test_label_smoothing_reaches_the_training_loss():
     args.distributed, args.world_size, args.rank, args.local_rank = False, 1, 0, 0
     resolve_args(args)
     args.num_classes = 10
-    model = train.build_model(args)
-    training, _ = train.build_training(args, model, ([None] * 3, [None]), resume=None)
+    model = build.build_model(args)
+    training, _ = loop.build_training(args, model, ([None] * 3, [None]), resume=None)
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     y = torch.arange(8)
     training.task.train()
@@ -57,7 +56,7 @@ def test_label_smoothing_reaches_the_training_loss():
 
 
 def test_num_classes_that_disagree_with_the_dataset_are_refused(tmp_path, capsys):
-    assert train.main([*TINY, '--num-classes', '5', '--output', str(tmp_path)]) == 2
+    assert command.main([*TINY, '--num-classes', '5', '--output', str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: --num-classes 5 but the dataset has 10 classes')
     assert not any(tmp_path.iterdir())
@@ -70,12 +69,12 @@ def test_pretrained_flag_loads_the_backbone_weights(tmp_path):
     result = run_offline(hf_home, f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-import train
+from timm_fct.train import build
 from safetensors.torch import save_file
 from timm_fct.train.args import parse_args
 args = parse_args(['--model', 'resnet18_fct_bn', '--pretrained'])
 args.num_classes = 10
-model = train.build_model(args)
+model = build.build_model(args)
 save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, {str(out)!r})
 """)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -111,30 +110,9 @@ def test_learning_rate_follows_the_scaling_flags(flags, lr):
     assert resolved(*flags).lr == pytest.approx(lr, rel=1e-12)
 
 
-@pytest.mark.parametrize('changed,named', [
-    (('--model-kwargs', 'embed_dim=64'), "--model-kwargs {'embed_dim': 64} (the run has {'embed_dim': 32})"),
-    (('--img-size', '12'), '--img-size 12 (the run has 8)'),
-    (('--crop-pct', '0.8'), '--crop-pct 0.8 (the run has None)'),
-    (('--interpolation', 'bicubic'), "--interpolation 'bicubic' (the run has '')"),
-    (('--pretrained',), '--pretrained True (the run has False)'),
-    (('--drop-path', '0.1'), '--drop-path 0.1 (the run has None)'),
-])
-def test_resume_refuses_a_changed_model_or_preprocessing_flag(changed, named):
-    """A checkpoint's run keeps its model and preprocessing: --resume with any of them changed is refused, naming
-    the flag, its new value and the run's, before any weights are loaded."""
-    from timm_fct.errors import FctError
-    from timm_fct.train.resume import check_resume
-    ckpt = {'arch': 'resnet18_fct_bn_cifar',
-            'args': parse_args(list(TINY)), 'state_dict': {}}
-    args = parse_args([*TINY, *changed, '--resume', 'run/last.pth.tar'])
-    with pytest.raises(FctError, match='a resumed run keeps its model and preprocessing') as e:
-        check_resume(ckpt, args, model=None)
-    assert named in str(e.value)
-
-
 # `torchrun [--nnodes M] --nproc_per_node N [--rdzv_... VALUE | --max_restarts K ...] train.py ARGS`
-TORCHRUN = re.compile(r'torchrun (?:--nnodes (\d+) )?--nproc_per_node (\d+)(?: --(?:rdzv|max)_\w+ \S+)* train\.py '
-                      r'([^`\n|]+)')
+TORCHRUN = re.compile(r'torchrun (?:--nnodes (\d+) )?--nproc_per_node (\d+)(?: --(?:rdzv|max)_\w+ \S+)* '
+                      r'(?:train\.py|-m timm_fct\.train) ([^`\n|]+)')
 
 
 def torchrun_resolution(nnodes: str, nproc: str, argline: str):
@@ -151,7 +129,7 @@ def test_the_multi_gpu_examples_keep_the_papers_global_batch_and_learning_rate(m
     """train.py's and the README's torchrun examples: the paper's batch of 128 and lr 0.01 on any number of
     processes and nodes."""
     monkeypatch.chdir(REPO)
-    examples = TORCHRUN.findall(train.__doc__)
+    examples = TORCHRUN.findall(command.__doc__)
     cluster = TORCHRUN.findall((REPO / 'README.md').read_text())
     assert examples and cluster and all(nnodes for nnodes, _, _ in cluster)
     for nnodes, nproc, argline in examples + cluster:

@@ -26,11 +26,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from tests.helpers import TINY_BACKBONE, TINY_EMBED_DIM, summary_rows
+from tests.support.helpers import TINY_BACKBONE, TINY_EMBED_DIM, TINY_TRAIN_ARGS, summary_rows
 from timm_fct.models.fct import FctNet, depthwise_conv
 
-TINY_TRAIN_ARGS = ('--model', 'fct_bn', '--model-kwargs', 'backbone=resnet18_cifar',
-                   "backbone_kwargs={'layers':(1,1,1,1),'channels':(8,16,32,64)}", f'embed_dim={TINY_EMBED_DIM}')
 SINGLE_KEY = 'ignore:an FCT module attends over a single key'
 
 
@@ -133,21 +131,21 @@ def write_image_folder(root: Path, per_class: dict, size: int = 8) -> None:
 def test_train_with_amp_and_channels_last_on_cpu_ends_with_finite_losses(tmp_path, monkeypatch):
     """train.py's --amp --channels-last, end to end on a tiny ImageFolder (an epoch of 3 steps, one eval batch):
     the forward runs under bf16 autocast on channels_last inputs, and the losses it records are finite."""
-    import train
+    from timm_fct.train import build, command
     data = tmp_path / 'data'
     write_image_folder(data, {'train': 12, 'validation': 4})
     forwards = []
-    build_model = train.build_model
+    build_model = build.build_model
 
-    def watched(args):
-        model = build_model(args)
+    def watched(*args, **kwargs):
+        model = build_model(*args, **kwargs)
         model.register_forward_pre_hook(lambda module, inputs: forwards.append(
             (module.training, torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu'),
              inputs[0].is_contiguous(memory_format=torch.channels_last))))
         return model
 
-    monkeypatch.setattr(train, 'build_model', watched)
-    assert train.train_command(['--no-progress', '--amp', '--channels-last', '--data-dir', str(data),
+    monkeypatch.setattr(command, 'build_model', watched)
+    assert command.train_from_args(['--no-progress', '--amp', '--channels-last', '--data-dir', str(data),
                                 '--epochs', '1', '--img-size', '8', '-b', '8', *TINY_TRAIN_ARGS,
                                 '--output', str(tmp_path), '--experiment', 'run']) == 0
     # 24 training images in batches of 8, then the 8 validation images in one

@@ -4,7 +4,7 @@ import torch
 import yaml
 
 from timm_fct.train.args import parse_args
-from tests.helpers import QUICK, plain_one_cycle, run_train
+from tests.support.helpers import QUICK, plain_one_cycle, run_train
 
 MAX_LR, TOTAL = 0.01, 40
 SHAPES = {  # flag -> OneCycleLR's own arguments for that shape
@@ -21,9 +21,9 @@ def ours(flags, total: int = TOTAL, start: int = 0) -> list:
     """(lr, beta1) before each update from `start` on, as train.py drives the scheduler (a resume at `start`)."""
     args = parse_args(list(flags) + ['--epochs', str(total)])  # one update per epoch: total updates
     args.lr = MAX_LR
-    import train
+    from timm_fct.train import build
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=MAX_LR)
-    scheduler = train.build_scheduler(args, opt, updates_per_epoch=1)
+    scheduler = build.build_scheduler(args, opt, updates_per_epoch=1)
     scheduler.step(start)
     scheduler.step_update(num_updates=start)  # as build_training positions a resumed run
     out = []
@@ -64,7 +64,7 @@ def test_three_phase_flag_is_recorded_and_drives_the_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     args = yaml.safe_load((tmp_path / 'run' / 'args.yaml').read_text())
     assert args['onecycle_three_phase'] is True and args['sched'] == 'onecycle'
-    from tests.helpers import summary_rows
+    from tests.support.helpers import summary_rows
     rows = summary_rows(tmp_path / 'run')
     lr = 0.01 * 64 / 128
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.helpers import (
+from tests.support.helpers import (
     QUICK, REPO, SMALL_RUN_ARGS, SMALL_RUN_UMASK, assert_same_tensors, free_port, plain_one_cycle, read_state,
     kill_after_first_epoch, run_train, summary_rows,
 )
@@ -39,7 +39,7 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def test_main_job_reaches_97_percent_on_digits_and_leaves_a_complete_run(tmp_path):
-    """`python train.py` as the README gives it, the one run of the main job in the suite."""
+    """`python -m timm_fct.train` as the README gives it, the one run of the main job in the suite."""
     result = run_train('--output', str(tmp_path), '--experiment', 'main', timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / 'main'
@@ -106,7 +106,7 @@ def test_files_a_run_writes_keep_the_usual_permissions(small_run):
 
 def test_resume_reads_its_checkpoint_once(small_run, tmp_path, monkeypatch):
     """The check against the new flags, model, EMA, optimizer, epoch and the saver's history: all from one read."""
-    import train
+    from timm_fct.train import command
     reads = []
     load = torch.load
 
@@ -116,14 +116,14 @@ def test_resume_reads_its_checkpoint_once(small_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'load', counted)
     checkpoint = small_run / 'last.pth.tar'
-    assert train.train_command(['--no-progress', *SMALL_RUN_ARGS, '--resume', str(checkpoint), '--output', str(tmp_path),
+    assert command.train_from_args(['--no-progress', *SMALL_RUN_ARGS, '--resume', str(checkpoint), '--output', str(tmp_path),
                        '--experiment', 'resumed']) == 0  # all epochs done: restored, nothing trained
     assert reads == [checkpoint]
 
 RECORDING_WRAPPER = """
 import json, os, sys, torch
 sys.path.insert(0, {repo!r})
-import train
+from timm_fct.train import command
 step = torch.optim.Adam.step
 def recorded(self, *args, **kwargs):
     group = self.param_groups[0]
@@ -131,7 +131,7 @@ def recorded(self, *args, **kwargs):
         f.write(json.dumps([group['lr'], group['betas'][0]]) + '\\n')
     return step(self, *args, **kwargs)
 torch.optim.Adam.step = recorded
-sys.exit(train.main(sys.argv[1:]))
+sys.exit(command.main(sys.argv[1:]))
 """
 
 
@@ -209,7 +209,7 @@ def poisoned(self, *args, **kwargs):
             out['loss'] = out['loss'] * float('nan')
     return out
 timm.task.ClassificationTask.forward = poisoned
-sys.exit(train.main(sys.argv[1:]))
+sys.exit(command.main(sys.argv[1:]))
 """)
     interval = 5
     cmd = [sys.executable, str(wrapper), '--no-progress', '--epochs', '2', *QUICK, '--log-interval', str(interval),
@@ -229,7 +229,7 @@ def test_infinite_loss_stops_the_run_like_nan_and_keeps_the_last_good_checkpoint
     """A +inf loss (an overflow, not a NaN) from update NAN_AFTER on: exit code 3 within one log interval, epoch 1's
     checkpoint and summary kept."""
     import timm.task
-    import train
+    from timm_fct.train import command
     forward = timm.task.ClassificationTask.forward
     calls = [0]
 
@@ -243,7 +243,7 @@ def test_infinite_loss_stops_the_run_like_nan_and_keeps_the_last_good_checkpoint
 
     monkeypatch.setattr(timm.task.ClassificationTask, 'forward', overflowing)
     interval = 5
-    rc = train.main(['--no-progress', '--epochs', '2', *QUICK, '--log-interval', str(interval),
+    rc = command.main(['--no-progress', '--epochs', '2', *QUICK, '--log-interval', str(interval),
                      '--output', str(tmp_path), '--experiment', 'run'])
     err = capsys.readouterr().err
     assert rc == 3, err
@@ -300,16 +300,17 @@ def odd_digits(split: str) -> DigitsDataset:
 
 
 def _sharded_eval_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    """train.py's own path on one rank: distributed init, loaders of each pipeline, train.evaluate."""
+    """train.py's own path on one rank: distributed init, loaders of each pipeline, loop.evaluate."""
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
     from timm.task import ClassificationTask
     from timm.utils import init_distributed_device
-    import train
+    from timm_fct.train import loop
     from timm_fct.data.loaders import build_loaders
     from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+    from timm_fct.train.build import loader_config
     results = {}
     for pipeline in ('memory', 'pil'):
         args = parse_args(['--img-size', '8', '-b', '2', '--device', 'cpu', '--pipeline', pipeline])
@@ -320,12 +321,12 @@ def _sharded_eval_worker(rank: int, world_size: int, port: int, out: str) -> Non
         resolve_args(args)
         model = tiny_classifier()
         resolve_preprocessing(args, model)
-        loaders = build_loaders(args, odd_digits('train'), odd_digits('validation'))
+        loaders = build_loaders(loader_config(args), odd_digits('train'), odd_digits('validation'))
         task = ClassificationTask(model, device=args.device, verbose=False)
         evaluators = []
         create = task.create_evaluator
         task.create_evaluator = lambda **kw: evaluators.append(create(**kw)) or evaluators[-1]
-        metrics = train.evaluate(args, train.Training(task, None, None, None, *loaders), progress=False)
+        metrics = loop.evaluate(args, loop.Training(task, None, None, None, *loaders), progress=False)
         counted = evaluators[0].counts[:1].clone()
         dist.all_reduce(counted)
         results[pipeline] = dict(metrics, images=int(counted.item()), mean=args.mean, std=args.std)
@@ -358,16 +359,16 @@ def test_sharded_evaluation_of_an_odd_count_counts_every_image_once(tmp_path):
 
 def test_one_host_sync_per_log_interval(monkeypatch, tmp_path):
     """Losses stay on the device: train.py reads one value per --log-interval and the epoch total, no more."""
-    import train
+    from timm_fct.train import command, loop
     reads = []
     for name in ('item', '__bool__', '__float__', 'tolist'):
         def counting(self, *a, _original=getattr(torch.Tensor, name), _name=name, **k):
-            if sys._getframe(1).f_code.co_filename == train.__file__:  # reads made by the training loop itself
+            if sys._getframe(1).f_code.co_filename == loop.__file__:  # reads made by the training loop itself
                 reads.append(_name)
             return _original(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, counting)
     epoch_reads = []
-    train_one_epoch = train.train_one_epoch
+    train_one_epoch = loop.train_one_epoch
 
     def counted(*args, **kwargs):
         reads.clear()
@@ -375,8 +376,8 @@ def test_one_host_sync_per_log_interval(monkeypatch, tmp_path):
         epoch_reads.append(list(reads))
         return out
 
-    monkeypatch.setattr(train, 'train_one_epoch', counted)
-    assert train.train_command(['--no-progress', '--epochs', '1', *QUICK, '--log-interval', '5', '--output', str(tmp_path),
+    monkeypatch.setattr(loop, 'train_one_epoch', counted)
+    assert command.train_from_args(['--no-progress', '--epochs', '1', *QUICK, '--log-interval', '5', '--output', str(tmp_path),
                        '--experiment', 'sync']) == 0
     updates = len(DigitsDataset('train')) // 64
     assert epoch_reads == [['item'] * (math.ceil(updates / 5) + 1)]
@@ -415,8 +416,8 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, argv, message):
 
 def test_a_model_asserting_on_its_arguments_is_a_user_mistake(tmp_path, capsys):
     """timm's models check their arguments with assert as often as with raise: either is one error: line."""
-    import train
-    assert train.main(['--model', 'test_vit', '--model-kwargs', 'embed_dim=97', '--output', str(tmp_path)]) == 2
+    from timm_fct.train import command
+    assert command.main(['--model', 'test_vit', '--model-kwargs', 'embed_dim=97', '--output', str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: --model-kwargs not accepted by test_vit: dim should be divisible by num_heads')
     assert not any(tmp_path.iterdir())
@@ -464,7 +465,7 @@ def test_paper_configs_are_complete_and_valid():
 def test_weight_decay_exempts_norms_and_biases_unless_told(flag, decayed):
     """timm exempts norm and bias parameters; the paper's torch.optim.Adam(weight_decay=1e-4) decays them all."""
     from timm_fct.train.args import parse_args
-    from train import build_optimizer
+    from timm_fct.train.build import build_optimizer
     model = timm.create_model('resnet18_fct_bn_cifar')
     args = parse_args(['--lr', '0.01', *flag])
     optimizer = build_optimizer(args, model)
@@ -479,7 +480,7 @@ def test_dashed_yaml_keys_set_their_flags(tmp_path):
     """A config written with the flags' own spelling (weight-decay, as on the command line) sets them, as the
     underscored keys (timm's argparse dests) do; the command line still wins."""
     from timm_fct.train.args import parse_args
-    from train import build_optimizer
+    from timm_fct.train.build import build_optimizer
     cfg = tmp_path / 'cfg.yaml'
     cfg.write_text('weight-decay: 0.5\nbatch-size: 32\nmodel-ema-decay: 0.99\n')
     args = parse_args(['-c', str(cfg), '--lr', '0.01'])
@@ -500,9 +501,9 @@ def test_a_yaml_key_given_twice_in_two_spellings_is_refused(tmp_path):
 
 
 def test_duplicate_taps_on_the_command_line_are_one_error_line(tmp_path, capsys):
-    import train
+    from timm_fct.train import command
     argv = ['--epochs', '1', '--img-size', '8', '-b', '64', '--model-kwargs', 'embed_dim=32', 'taps=(1, 1)']
-    assert train.main([*argv, '--output', str(tmp_path)]) == 2  # a tiny run, were the taps accepted
+    assert command.main([*argv, '--output', str(tmp_path)]) == 2  # a tiny run, were the taps accepted
     err = capsys.readouterr().err
     assert err.startswith('error: --model-kwargs not accepted by resnet18_fct_bn_cifar: taps must be increasing')
     assert 'got (1, 1)' in err and 'Traceback' not in err
@@ -526,12 +527,13 @@ def test_interpolation_applies_to_training_images_as_to_evaluation(pipeline):
     pad-and-crop) and evaluation batches alike; a training resize left at bilinear blends them."""
     from timm_fct.data.loaders import build_loaders
     from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+    from timm_fct.train.build import loader_config
     args = parse_args(['--img-size', '16', '--interpolation', 'nearest', '--pad-crop', '2', '-b', '32',
                        '--pipeline', pipeline, '--device', 'cpu'])
     args.distributed, args.world_size, args.rank = False, 1, 0
     resolve_args(args)
     resolve_preprocessing(args, timm.create_model('resnet18_fct_bn_cifar'))
-    train_loader, eval_loader = build_loaders(args, DigitsDataset('train'), DigitsDataset('validation'))
+    train_loader, eval_loader = build_loaders(loader_config(args), DigitsDataset('train'), DigitsDataset('validation'))
     if pipeline == 'memory':
         train_loader.set_epoch(args.seed, 0)
     x_train, _ = next(iter(train_loader))
