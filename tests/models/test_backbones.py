@@ -46,7 +46,7 @@ def test_generic_model_trains_on_the_backbones_last_three_levels_before_the_last
 
 
 def test_named_models_cost_at_most_1_2x_their_backbones_flops():
-    """The issue's budget: FCT heads on ConvNeXt-Tiny and EfficientNet-B0 at 224 px, against backbone + linear."""
+    """The named models' budget (docs/benchmarks.md): FCT heads on ConvNeXt-Tiny and EfficientNet-B0 at 224 px, against backbone + linear."""
     def flops(model: nn.Module) -> int:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.eval()(torch.randn(1, 3, 224, 224))

@@ -1,4 +1,4 @@
-"""The FCT modules compute what they computed before their forward was fused for speed (issue 21).
+"""The FCT modules compute what the saved reference file records: a faster forward must not change the function.
 
 tests/models/fct_head_saved.safetensors holds, for a small model of each norm, the state dict, an input, and
 what the code of commit b76b77d (before the fusion) gave for it: eval logits, train-mode logits, the FCT

@@ -24,6 +24,7 @@ from timm_fct.report import maps
 from timm_fct.report.metrics import Evaluation, compute_metrics
 from timm_fct.report.command import main as report_main
 
+from tests.support.dataset_files import write_image_folder
 from tests.support.helpers import BEST_CHECKPOINT, REPO, SMALL_MODEL
 
 VALIDATION_IMAGES = 450  # the digits' held-out quarter (data.DIGITS_VAL_FRACTION of 1,797)
@@ -328,6 +329,18 @@ def test_unusable_input_exits_2_with_a_clear_error_and_no_report(case, message, 
     err = capsys.readouterr().err
     assert err.startswith('error: ') and message in err and 'Traceback' not in err
     assert out.exists() == (case == 'exists') and leftovers(tmp_path) == []
+
+
+def test_a_dataset_of_another_class_count_is_one_error_line(digits_run, tmp_path, capsys):
+    """The digits run (10 classes) reported on a two-class image folder: refused naming the run and both counts."""
+    data = tmp_path / 'two_classes'
+    write_image_folder(data, {'validation': 2})
+    out = tmp_path / 'report'
+    assert report_main([str(digits_run), '--dataset', '', '--data-dir', str(data), '--out', str(out), '-j', '0']) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f'error: {digits_run.name} predicts 10 classes but the dataset has 2; pass the dataset it was trained on '
+        'with --dataset']
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 @pytest.fixture(scope='module')

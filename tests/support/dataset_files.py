@@ -1,4 +1,5 @@
-"""The digits written in the streaming and Hub formats timm reads, for tests that must run offline.
+"""Datasets the tests write, for tests that must run offline: the digits in the streaming and Hub formats timm
+reads, and a small ImageFolder tree of another dataset.
 
 webdataset: tar shards of `<key>.png` + `<key>.cls` with timm's `_info.json` (each split's shard files and
 their sample counts); Hugging Face: one parquet file per split under `data/`, the layout `push_to_hub` gives,
@@ -7,6 +8,9 @@ with an Image column and a ClassLabel column.
 import json
 from pathlib import Path
 from typing import Dict, Sequence
+
+import torch
+from PIL import Image
 
 from timm_fct.data.datasets import DigitsDataset
 
@@ -54,3 +58,15 @@ def write_parquet_digits(root: Path, splits: Sequence[str] = SPLITS, columns: Se
             {image: [ds[i][0] for i in range(len(ds))], label: ds.targets}, features=features)
         table.to_parquet(str(root / 'data' / f'{split}-00000-of-00001.parquet'))
     return root
+
+
+def write_image_folder(root: Path, per_class: dict, size: int = 8) -> None:
+    """An ImageFolder tree of two classes, dark and bright squares: root/<split>/<class>/<i>.png."""
+    gen = torch.Generator().manual_seed(0)
+    for split, count in per_class.items():
+        for label, base in (('dark', 40), ('bright', 200)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (base + torch.randint(-30, 31, (size, size, 3), generator=gen)).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f'{i}.png')

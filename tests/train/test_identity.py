@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
-from PIL import Image
 
+from tests.support.dataset_files import write_image_folder
 from tests.support.helpers import SMALL_RUN_ARGS
 from timm_fct.errors import FctError
 from timm_fct.train.args import build_parser
@@ -39,15 +39,6 @@ UNRESOLVABLE_HERE = {
     'sync_bn': True,  # needs CUDA devices
     'num_classes': 5,  # the digits have 10
 }
-
-
-def image_folder(root: Path) -> Path:
-    """An ImageFolder tree of ten 8 px classes, one image each, in train/ and validation/: another dataset."""
-    for split in ('train', 'validation'):
-        for c in range(10):
-            (root / split / str(c)).mkdir(parents=True)
-            Image.new('RGB', (8, 8), (c * 20, 0, 0)).save(root / split / str(c) / '0.png')
-    return root
 
 
 def other_value(action: argparse.Action, current) -> Optional[List[str]]:
@@ -82,7 +73,8 @@ def test_a_rerun_that_changes_any_setting_outside_not_identity_is_refused_naming
     as training resolves them, are refused against BASE's, with the flag's name in the one error message."""
     base = resolved_settings(BASE)
     saved = plain_settings(base)
-    folder = image_folder(tmp_path / 'images')
+    folder = tmp_path / 'images'
+    write_image_folder(folder, {'train': 2, 'validation': 2})
     checked = []
     for dest, action in identity_flags().items():
         flag = max(action.option_strings, key=len)

@@ -1,4 +1,4 @@
-"""bf16 autocast on a CPU (issue #8, item 9): our model's gradients and losses stay finite.
+"""bf16 autocast on a CPU: our model's gradients and losses stay finite.
 
 On a CPU, the bf16 backward of a depth-wise convolution with stride 2 on 1x1 maps (the K/V projections
 when K/V were strided on every grid, still reachable with kv_min_grid=0) returned non-finite gradients from
@@ -17,15 +17,14 @@ Every test here takes a handful of steps on a tiny network, in this process. A C
 epoch in bf16 would take its time from the instruction set, not from what it checks.
 """
 import math
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 
+from tests.support.dataset_files import write_image_folder
 from tests.support.helpers import TINY_BACKBONE, TINY_EMBED_DIM, TINY_TRAIN_ARGS, summary_rows
 from timm_fct.models.fct import FctNet, depthwise_conv
 
@@ -113,18 +112,6 @@ def test_model_trains_with_finite_gradients_under_bf16_autocast_with_channels_la
         assert not bad, bad
         opt.step()
     assert losses[-1] < losses[0], losses
-
-
-def write_image_folder(root: Path, per_class: dict, size: int = 8) -> None:
-    """An ImageFolder tree of two classes, dark and bright squares: root/<split>/<class>/<i>.png."""
-    gen = torch.Generator().manual_seed(0)
-    for split, count in per_class.items():
-        for label, base in (('dark', 40), ('bright', 200)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (base + torch.randint(-30, 31, (size, size, 3), generator=gen)).to(torch.uint8)
-                Image.fromarray(pixels.numpy()).save(folder / f'{i}.png')
 
 
 @pytest.mark.filterwarnings(SINGLE_KEY)
