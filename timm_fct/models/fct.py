@@ -5,14 +5,10 @@ descriptor g, through Fully Convolutional Transformer (FCT) modules, and classif
 their pooled outputs. The backbone here is any timm model with feature maps (backbones.py), ResNet-50
 the paper's.
 
-Words used throughout timm-fct:
-
-* level: a backbone feature level, an index into the backbone's feature_info (ResNet: 0 is the stem,
-  1-4 its four stages). The last level supplies g.
-* tap: a level that feeds an FCT module (`taps`, the paper's intermediate maps z_l; ResNet default 1-3, our
-  choice: the paper does not say which layers it taps).
-* FCT index: the position of an FCT module, and of its output, among the taps (0-based): the index of
-  `forward_intermediates`, `fct_indices` and the `fct.{i}` state-dict keys.
+Words, defined in docs/README.md#words: a level is an index into the backbone's feature_info (the last one
+supplies g); a tap is a level that feeds an FCT module (`taps`); an FCT index is an FCT module's position among
+the taps, 0-based: the index of `forward_intermediates`, `fct_indices`, `fct_module(i)` and the `fct.{i}`
+state-dict keys.
 
 Where each equation of the paper lives:
 
