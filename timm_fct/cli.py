@@ -1,6 +1,6 @@
 """How the commands end: a mistake the user can fix is one `error:` line and an exit code, never a traceback.
 
-train.py, `python -m timm_fct.report` and hub/publish.py share this, so the same mistake reads and exits
+Training, the Table 1 protocol, the report and the export (`python -m timm_fct.train|table1|report|export`) share this, so the same mistake reads and exits
 the same way in each: 2 (as argparse uses for a bad flag), 3 for a training run that diverged.
 """
 import sys

@@ -405,6 +405,9 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     (('--model-kwargs', 'embed_dim=97'), 'embed_dim (97) must be divisible by num_heads (2)'),
     (('--sync-bn',), '--sync-bn needs GPUs'),
     (('--hflip', '1.5'), '--hflip is a probability: expected a value in [0, 1], got 1.5'),
+    (('--onecycle-three-phase', '--pct-start', '0.6'),
+     '--pct-start is the fraction of training spent warming up: expected a value in (0, 0.5) with '
+     '--onecycle-three-phase, got 0.6'),
     (('--pipeline', 'memory', '--data-dir', '.'), '--pipeline memory holds sklearn/digits, torch/cifar10'),
 ])
 def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, capsys, argv, message):

@@ -1,4 +1,4 @@
-"""The datasets train.py and the report read: timm's datasets plus an embedded default.
+"""The datasets training and the report read: timm's datasets plus an embedded default.
 
 The embedded default is scikit-learn's handwritten digits (1,797 real 8x8 images that ship inside the
 package), so training and evaluation run with no download at all.

@@ -77,7 +77,7 @@ def _hint(kind: str, error: Exception) -> str:
     """What to do about the errors timm's readers raise in their own words."""
     text = str(error)
     if 'num_samples' in text:
-        return ("; give the split's number of samples (train.py: --train-num-samples / --val-num-samples, the "
+        return ("; give the split's number of samples (training: --train-num-samples / --val-num-samples, the "
                 'report: --num-samples)' +
                 (' (or --dataset-download to prepare it, which counts them)' if kind == 'hfids' else ''))
     return ''

@@ -1,6 +1,6 @@
-"""A train.py run as a Hugging Face Hub model repository.
+"""A training run as a Hugging Face Hub model repository.
 
-The export is the run's timm model folder (runs/model_folder.py, as train.py writes it into the run
+The export is the run's timm model folder (runs/model_folder.py, as training writes it into the run
 folder, with the weights chosen by --weights), the run's plots, and a model card rendered by
 huggingface_hub's ModelCard from templates/model_card.md, so `timm.create_model('hf-hub:org/name', pretrained=True)`
 and `'local-dir:PATH'` rebuild the trained model once timm_fct is imported. Publishing sends that folder
@@ -55,7 +55,7 @@ def export(
         raise FctError(f'{out} already exists: remove it or choose another --out')
     trained = load_model(run, weights)
     if trained.folder is None:
-        raise FctError(f'{run} is not a train.py run or checkpoint: the export publishes a run folder')
+        raise FctError(f'{run} is not a training run or checkpoint: the export publishes a run folder')
     plots = card_plots(trained.folder, report_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with replace_when_done(out) as tmp:

@@ -2,7 +2,7 @@
 
     python -m timm_fct.report RUN [RUN ...] --out DIR
 
-RUN is a train.py run folder, a checkpoint file, or an 'hf-hub:' / 'local-dir:' model. The report holds
+RUN is a training run folder, a checkpoint file, or an 'hf-hub:' / 'local-dir:' model. The report holds
 top-1 / top-5, per-class accuracy and the most confused class pairs (metrics.json, metrics.md, which also
 record whether a run's EMA or raw weights were evaluated and the checkpoint's epoch), the confusion
 matrix (Fig. 3), Grad-CAM maps with the predicted class and confidence (Figs. 4 and 5; for an FCT model,

@@ -24,11 +24,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m timm_fct.report', description=REPORT_DOC.split('\n\n')[0])
     parser.add_argument('models', nargs='+', metavar='MODEL',
-                        help="train.py run folder, checkpoint file, or 'hf-hub:' / 'local-dir:' model; "
+                        help="a training run folder, checkpoint file, or 'hf-hub:' / 'local-dir:' model; "
                              'several are compared side by side')
     parser.add_argument('--out', required=True, metavar='DIR', help='report folder to create')
     parser.add_argument('--overwrite', action='store_true', help='replace DIR if it exists')
-    data = parser.add_argument_group('dataset (as train.py)')
+    data = parser.add_argument_group('dataset (as in training)')
     data.add_argument('--dataset', default=None,
                       help=f"dataset name; default: the one the model was trained on, else {DIGITS!r}")
     data.add_argument('--data-dir', default=None, help="dataset root; default: the run's")

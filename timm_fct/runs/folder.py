@@ -1,4 +1,4 @@
-"""A train.py run folder: the one owner of its file names, and what the rest of timm-fct reads from it.
+"""A training run folder: the one owner of its file names, and what the rest of timm-fct reads from it.
 
 A run folder is a timm model folder (model_folder.py: config.json, model.safetensors) with the training
 record beside it: args.yaml, summary.csv, the curves and timm's checkpoints. train/record.py writes the
@@ -34,7 +34,7 @@ class RunInfo:
     @classmethod
     def from_cfg(cls, model: str, cfg: Mapping[str, Any], model_args: Mapping[str, Any],
                  args: Optional[Mapping[str, Any]] = None) -> 'RunInfo':
-        """From a timm pretrained_cfg (with label_names), the model's arguments and train.py's arguments."""
+        """From a timm pretrained_cfg (with label_names), the model's arguments and training's arguments."""
         args = args or {}
         num_classes = model_args.get('num_classes') or cfg['num_classes']
         labels = cfg.get('label_names') or range(num_classes)
@@ -45,8 +45,8 @@ class RunInfo:
 
 
 class RunFolder:
-    """A train.py run folder: its file names and summary columns, written by train.py, read by the rest."""
-    ARGS = 'args.yaml'  # every resolved train.py argument
+    """A training run folder: its file names and summary columns, written by training, read by the rest."""
+    ARGS = 'args.yaml'  # every resolved training setting
     CONFIG = model_folder.CONFIG
     WEIGHTS = model_folder.WEIGHTS  # the best checkpoint's weights, EMA or raw as 'auto' chooses them
     SUMMARY = 'summary.csv'  # one row per epoch

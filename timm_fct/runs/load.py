@@ -36,7 +36,7 @@ def load_model(source: Union[str, Path], weights: str = 'auto') -> LoadedModel:
     source = str(source)
     if source.startswith(HUB_PREFIXES):
         if weights not in ('auto', 'raw'):
-            raise FctError(f'{source} has one set of weights; --weights {weights} applies to train.py runs')
+            raise FctError(f'{source} has one set of weights; --weights {weights} applies to training runs')
         try:
             model = timm.create_model(source, pretrained=True)
         except OSError as e:  # huggingface_hub and file-system errors: offline, missing repo, unreadable file

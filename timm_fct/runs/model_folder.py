@@ -1,6 +1,6 @@
 """The one writer of a timm model folder: config.json and model.safetensors as timm's `save_for_hf` writes them.
 
-train.py writes one into every run folder, the Hub export writes one for the chosen weights, and
+Training writes one into every run folder, the Hub export writes one for the chosen weights, and
 `timm.create_model('local-dir:PATH', pretrained=True)` (or 'hf-hub:' once pushed) reads it back, as does
 transformers' `AutoModelForImageClassification.from_pretrained(PATH)` (TimmWrapper) once timm_fct is imported.
 """

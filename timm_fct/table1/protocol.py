@@ -1,7 +1,7 @@
 """The paper's Table 1 in one command: every row from its config, for several seeds, then the table.
 
     python -m timm_fct.table1                 # the embedded digits at small settings: NOT CIFAR-10 numbers
-    python -m timm_fct.table1 --dataset torch/cifar10 --data-dir data --dataset-download --device cuda --amp
+    python -m timm_fct.table1 --dataset torch/cifar10 --data-dir data --dataset-download --device cuda
 
 (`python reproduce.py ...` in a checkout, and the `timm-fct-table1` command, are the same.) Each run is
 `python -m timm_fct.train` in a subprocess, in its own run folder OUT/runs/ROW-seedS (seeds 1..--seeds).

@@ -22,7 +22,7 @@ class Row:
     label: str  # the paper's
     config: str  # the name of a config that ships with timm-fct (training's -c NAME)
     paper_top1: float
-    digits_args: Tuple[str, ...]  # train.py flags that make the digits setting of this row
+    digits_args: Tuple[str, ...]  # training flags that make the digits setting of this row
 
 
 DIGITS_EPOCHS = 3  # the digits setting's epochs, fewer than the main job's: 4 rows x 3 seeds on a CPU

@@ -92,7 +92,8 @@ def markdown(rows: Sequence[RowResult], header: Sequence[str], dataset: str) -> 
         lines.append(f'| {row.label} | `{row.model}` | {row.paper_top1:.2f} | {_mean_std(row.stats("last_top1"))} | '
                      f'{_mean_std(row.stats("best_top1"))} | {len(row.finished)}/{row.seeds_requested} | '
                      f'{row.status} |')
-    lines += ['', 'The train.py command of each row (each run adds `--seed S --output OUT/runs --experiment ROW-seedS`):', '']
+    lines += ['', 'The training command of each row (each run adds `--seed S --output OUT/runs --experiment ROW-seedS '
+              '--resume auto`):', '']
     lines += [f'- {row.label}: `{row.command}`' + (f' (resolved: {row.resolved})' if row.resolved else '')
               for row in rows]
     lines += ['', 'Best top-1 is the best epoch chosen on the split it is reported on, so it is biased upward; '

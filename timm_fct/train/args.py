@@ -29,7 +29,8 @@ DIGITS_DEFAULTS = dict(batch_size=64, epochs=5, img_size=16, pad_crop=1, hflip=0
 
 
 def build_parser(description: str = '') -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog='python -m timm_fct.train', description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-c', '--config', default='', metavar='FILE',
                         help='YAML file whose keys set the defaults of these flags')
     for add_flags in (add_dataset_flags, add_model_flags, add_optimisation_flags, add_augmentation_flags,
@@ -251,6 +252,10 @@ def resolve_args(args: argparse.Namespace) -> None:
         raise FctError('--sync-bn needs GPUs: PyTorch implements SyncBatchNorm for CUDA devices only')
     if args.epochs < 1 or args.batch_size < 1 or args.log_interval < 1:
         raise FctError('--epochs, --batch-size and --log-interval must be at least 1')
+    limit = 0.5 if args.onecycle_three_phase else 1.0  # three phases: up, as long back down, then the rest
+    if args.sched == 'onecycle' and not 0 < args.pct_start < limit:
+        raise FctError(f'--pct-start is the fraction of training spent warming up: expected a value in (0, {limit})'
+                       f'{" with --onecycle-three-phase" if limit < 1 else ""}, got {args.pct_start}')
     for flag in ('hflip', 'vflip'):
         if not 0 <= getattr(args, flag) <= 1:
             raise FctError(f'--{flag} is a probability: expected a value in [0, 1], got {getattr(args, flag)}')

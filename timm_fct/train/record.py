@@ -1,5 +1,5 @@
 """The training record of a run folder: args.yaml once, a summary.csv row and the curves per epoch, and the
-timm model folder of the best weights. Only train.py writes it; the rest reads it through RunFolder.
+timm model folder of the best weights. Only training writes it; the rest reads it through RunFolder.
 """
 import csv
 from pathlib import Path

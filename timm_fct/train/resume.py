@@ -1,4 +1,4 @@
-"""Resuming a train.py run from its checkpoint, read once: checked against the new flags, then restored.
+"""Resuming a training run from its checkpoint, read once: checked against the new flags, then restored.
 
 `--resume auto` finds the checkpoint itself (the run folder's newest, or none: a fresh start), so the same
 command serves a first start and every restart of a worker group (torchrun --max-restarts).
