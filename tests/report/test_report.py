@@ -23,6 +23,8 @@ import timm_fct  # noqa: F401  registers the models
 from timm_fct.report import maps
 from timm_fct.report.metrics import Evaluation, compute_metrics
 from timm_fct.report.command import main as report_main
+from timm_fct.report.inputs import resolve_split
+from timm_fct.runs.folder import RunInfo
 
 from tests.support.dataset_files import write_image_folder
 from tests.support.helpers import BEST_CHECKPOINT, REPO, SMALL_MODEL
@@ -329,6 +331,17 @@ def test_unusable_input_exits_2_with_a_clear_error_and_no_report(case, message, 
     err = capsys.readouterr().err
     assert err.startswith('error: ') and message in err and 'Traceback' not in err
     assert out.exists() == (case == 'exists') and leftovers(tmp_path) == []
+
+
+def test_the_report_reads_the_split_the_runs_evaluated_on_unless_told():
+    """A Table 1 run evaluates on CIFAR-10's 'test' split: its report does too, unless --split or another --dataset
+    says otherwise; runs that disagree fall back to 'validation'."""
+    def run(split):
+        return RunInfo('resnet50_fct_bn_cifar', 10, [], {}, dataset='torch/cifar10', val_split=split)
+    assert resolve_split(None, False, [run('test')]) == 'test'
+    assert resolve_split('train', False, [run('test')]) == 'train'
+    assert resolve_split(None, True, [run('test')]) == 'validation'
+    assert resolve_split(None, False, [run('test'), run('validation')]) == 'validation'
 
 
 def test_a_dataset_of_another_class_count_is_one_error_line(digits_run, tmp_path, capsys):

@@ -16,8 +16,8 @@ from ..runs.files import replace_when_done
 from ..runs.load import LoadedModel, load_model
 from .figures import plot_attention_grid, plot_comparison, plot_confusion_matrix, plot_gradcam_grid, to_display
 from .inputs import (
-    TransformedSubset, dataset_labels, display_name, indexable, model_transform, resolve_dataset, spread_indices,
-    weights_line,
+    TransformedSubset, dataset_labels, display_name, indexable, model_transform, resolve_dataset, resolve_split,
+    spread_indices, weights_line,
 )
 from .layout import (
     ATTENTION_PNG, COMPARISON_JSON, COMPARISON_MD, COMPARISON_PNG, CONFUSION_PNG, GRADCAM_PNG, INDEX_HTML,
@@ -109,12 +109,14 @@ def write_report(args: argparse.Namespace, root: Path) -> None:
     loaded = [load_model(spec, args.weights) for spec in args.models]
     for lm in loaded:
         lm.model.to(device)
-    name, data_dir = resolve_dataset(args.dataset, args.data_dir, [lm.info for lm in loaded])
-    stream = build_dataset(name, data_dir, args.split, download=args.dataset_download, num_samples=args.num_samples)
+    infos = [lm.info for lm in loaded]
+    name, data_dir = resolve_dataset(args.dataset, args.data_dir, infos)
+    split = resolve_split(args.split, args.dataset is not None, infos)
+    stream = build_dataset(name, data_dir, split, download=args.dataset_download, num_samples=args.num_samples)
     names = dataset_labels(stream, loaded)
     base = indexable(stream, args.max_images)
     indices = spread_indices(len(base), args.max_images)
-    dataset_line = f"{name or data_dir}, split '{args.split}', {len(indices)} images"
+    dataset_line = f"{name or data_dir}, split '{split}', {len(indices)} images"
     rows = [model_report(lm, base, indices, names, args, device, dataset_line, folder)
             for lm, folder in zip(loaded, model_folders(root, loaded))]
     prefixes = ['' if r['folder'] == root else r['folder'].name + '/' for r in rows]

@@ -34,7 +34,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     data.add_argument('--data-dir', default=None, help="dataset root; default: the run's")
     data.add_argument('--dataset-download', action='store_true',
                       help='download the dataset where the scheme supports it (torchvision, hfids/, tfds/)')
-    data.add_argument('--split', default='validation', help="dataset split to evaluate (default: 'validation')")
+    data.add_argument('--split', default=None,
+                      help="dataset split to evaluate (default: the one the runs evaluated on when --dataset is not "
+                           "given, else 'validation')")
     data.add_argument('--max-images', type=positive_int, default=None,
                       help='evaluate at most this many images, spread over the split (the first ones of a '
                            'streaming split); all when not given')

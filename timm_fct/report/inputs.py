@@ -75,6 +75,15 @@ def resolve_dataset(name: Optional[str], data_dir: Optional[str],
     return DIGITS, data_dir
 
 
+def resolve_split(split: Optional[str], dataset_given: bool, infos: Sequence[RunInfo]) -> str:
+    """--split, else the split the runs evaluated on when the report reads their own dataset (CIFAR-10's 'test' for
+    the Table 1 configs) and they agree, else 'validation'."""
+    if split is not None:
+        return split
+    splits = {i.val_split for i in infos if i.val_split}
+    return splits.pop() if not dataset_given and len(splits) == 1 else 'validation'
+
+
 class HeldImages(Dataset):
     """The first images of a streaming split, held in memory so the report can index them as any dataset."""
 

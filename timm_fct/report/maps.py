@@ -40,8 +40,8 @@ def gradcam_title(model: nn.Module) -> str:
 def gradcam_rows(model: nn.Module, images: torch.Tensor, classes: Sequence[int]) -> List[Tuple[str, np.ndarray]]:
     """Grad-CAM of each image for the given class, scaled to [0, 1] at the input resolution: (label, (B, H, W)).
 
-    An FCT model gets one row per FCT module, as the paper's Fig. 4 shows them (first module to last, which
-    the paper finds coarse to fine), each Grad-CAM on that module's output alone and labelled with its FCT
+    An FCT model gets one row per FCT module, first to last (the paper's Fig. 4 shows Grad-CAM of its FCT layers,
+    the first coarse and later ones finer; its layout is ours), each Grad-CAM on that module's output alone and labelled with its FCT
     index and the level it taps; then the mean of those maps (each scaled to [0, 1] first), since the
     modules run at different resolutions and each carries part of the evidence. A plain network: one row,
     its last level.

@@ -30,6 +30,7 @@ class RunInfo:
     model_args: Dict[str, Any] = field(default_factory=dict)  # beside num_classes
     dataset: str = ''
     data_dir: Optional[str] = None
+    val_split: Optional[str] = None  # the split the run evaluated on
 
     @classmethod
     def from_cfg(cls, model: str, cfg: Mapping[str, Any], model_args: Mapping[str, Any],
@@ -41,7 +42,7 @@ class RunInfo:
         return cls(model=model, num_classes=num_classes, label_names=[str(n) for n in labels],
                    data_config=resolve_data_config(pretrained_cfg=dict(cfg)),
                    model_args={k: v for k, v in model_args.items() if k != 'num_classes'},
-                   dataset=args.get('dataset') or '', data_dir=args.get('data_dir'))
+                   dataset=args.get('dataset') or '', data_dir=args.get('data_dir'), val_split=args.get('val_split'))
 
 
 class RunFolder:
