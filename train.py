@@ -31,7 +31,7 @@ import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.task import ClassificationTask
-from timm.utils import CheckpointSaver, NativeScaler, dispatch_clip_grad, init_distributed_device, random_seed
+from timm.utils import CheckpointSaver, NativeScaler, dispatch_clip_grad, random_seed
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -42,6 +42,7 @@ from timm_fct.data.loaders import Loader, build_loaders, set_epoch_seed
 from timm_fct.errors import DivergedError, FctError
 from timm_fct.runs.folder import RunFolder, read_checkpoint
 from timm_fct.train.args import parse_args, resolve_args, resolve_preprocessing
+from timm_fct.train.distributed import init_distributed
 from timm_fct.train.onecycle import OneCycleScheduler
 from timm_fct.train.record import RunRecord
 from timm_fct.train.resume import check_resume, resolve_auto_resume, restore_saver, restore_training
@@ -265,7 +266,7 @@ def train(args: argparse.Namespace, model: torch.nn.Module, training: Training, 
 def train_command(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     args = parse_args(argv, description=__doc__)
-    init_distributed_device(args)
+    init_distributed(args)
     resolve_args(args)
     random_seed(args.seed, args.rank)
     train_ds, eval_ds, labels = build_datasets(args)

@@ -1,7 +1,8 @@
 """How the commands end: a mistake the user can fix is one `error:` line and an exit code, never a traceback.
 
 train.py, `python -m timm_fct.report` and hub/publish.py share this, so the same mistake reads and exits
-the same way in each: 2 (as argparse uses for a bad flag), 3 for a training run that diverged.
+the same way in each: 2 (as argparse uses for a bad flag), 3 for a training run that diverged. A distributed
+worker whose start-up did not finish within --dist-timeout ends with 4 (train/distributed.py), a message on stderr.
 """
 import sys
 from typing import Callable, Optional, Sequence
@@ -10,6 +11,7 @@ from .errors import DivergedError, FctError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_DIST_TIMEOUT = 4
 
 
 def exit_code(error: FctError) -> int:

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from ..errors import FctError
 from ..runs.folder import RunFolder
 from ..runs.load import load_state
+from .distributed import startup_watchdog
 
 AUTO = 'auto'
 
@@ -40,8 +41,9 @@ def resolve_auto_resume(args: argparse.Namespace) -> None:
         raise FctError('--resume auto needs --experiment NAME: it resumes the run folder --output/--experiment '
                        'when that holds a checkpoint, and starts it otherwise')
     answer = [_look_in_run_folder(RunFolder(Path(args.output) / args.experiment), args) if args.rank == 0 else None]
-    if args.distributed:
-        dist.broadcast_object_list(answer, src=0)
+    if args.distributed:  # every rank waits here for rank 0: bounded, as the rest of the start-up
+        with startup_watchdog('agreeing on the checkpoint of --resume auto', args.dist_timeout):
+            dist.broadcast_object_list(answer, src=0)
     checkpoint, error = answer[0]
     if error:
         raise FctError(error)
