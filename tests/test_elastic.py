@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from tests.helpers import REPO, free_port
 from timm_fct.cli import EXIT_DIST_TIMEOUT
+from timm_fct.errors import FctError
 from timm_fct.train import distributed
 from timm_fct.train.args import parse_args
 from timm_fct.train.distributed import attempt_prefix, init_distributed, join_attempt
@@ -107,6 +108,17 @@ def test_the_process_group_gets_the_timeout_and_its_attempt_s_namespace_under_th
     store.set('seen', 'here')
     assert server.get(f'{attempt_prefix(results[1])}/seen') == b'here', "not the attempt's namespace"
     assert not exits
+
+
+@pytest.mark.parametrize('seconds', ['0', '-5'])
+def test_a_dist_timeout_that_is_not_positive_is_refused(monkeypatch, seconds):
+    """One `error:` line (exit code 2), not a watchdog that fires at once or a timeout PyTorch rejects."""
+    for name, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='2').items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, '_exit', lambda code: None)  # were the watchdog armed, this test fails, not pytest
+    monkeypatch.setattr(dist, 'rendezvous', lambda *args, **kwargs: iter(()))  # no store: StopIteration
+    with pytest.raises(FctError, match=f'--dist-timeout {seconds}: give the seconds'):
+        init_distributed(parse_args(['--device', 'cpu', '--dist-timeout', seconds]))
 
 
 WORKER = """

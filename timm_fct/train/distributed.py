@@ -120,6 +120,9 @@ def init_distributed(args: argparse.Namespace) -> torch.device:
     Outside a distributed launch it is timm's function itself: no process group, timm's device checks."""
     if not is_distributed_env():
         return init_distributed_device(args)
+    if not args.dist_timeout > 0:
+        raise FctError(f'--dist-timeout {args.dist_timeout:g}: give the seconds a process may wait for the others, '
+                       f'more than 0')
     local_rank, rank, world_size = world_info_from_env()  # torchrun's variables, or Slurm's
     device_type = str(args.device).split(':')[0]
     backend = args.dist_backend or dist.Backend.default_device_backend_map.get(device_type, 'gloo')
