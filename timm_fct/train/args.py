@@ -146,6 +146,10 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     group.add_argument('--dist-backend', default=None, help='default: nccl on cuda, gloo on cpu')
     group.add_argument('--dist-url', default=None)
+    group.add_argument('--dist-timeout', type=float, default=600.0, metavar='SECONDS',
+                       help='the longest a process waits for the others: a start-up (process group, --resume auto) '
+                            'not finished by then ends the process, and any collective fails after it, so torchrun '
+                            'restarts the group instead of waiting')
     group.add_argument('-j', '--workers', type=int, default=None,
                        help='data loading processes (default: 0 on CPU, where they compete with the model for cores)')
     group.add_argument('--pin-mem', action='store_true', default=None, help='default: on for cuda')

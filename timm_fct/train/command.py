@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from timm.utils import CheckpointSaver, init_distributed_device, random_seed
+from timm.utils import CheckpointSaver, random_seed
 from torch.utils.data import Dataset
 
 from ..cli import run_cli
@@ -35,6 +35,7 @@ from ..data.loaders import build_loaders
 from ..runs.folder import RunFolder, read_checkpoint
 from .args import parse_args, resolve_args, resolve_preprocessing
 from .build import build_datasets, build_model, loader_config
+from .distributed import init_distributed
 from .identity import plain_settings
 from .loop import Training, build_training, fit
 from .record import RunRecord
@@ -100,7 +101,7 @@ def train_from_args(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, resolve, resume if asked, train and record; the primary process writes the run folder."""
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     args = parse_args(argv, description=__doc__)
-    init_distributed_device(args)
+    init_distributed(args)
     start = resolve(args)
     resolve_auto_resume(args)
     resume = read_checkpoint(args.resume) if args.resume else None

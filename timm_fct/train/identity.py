@@ -34,6 +34,7 @@ NOT_IDENTITY: Dict[str, str] = {
     'device': _HOW,
     'dist_backend': _HOW,
     'dist_url': _HOW,
+    'dist_timeout': 'how long a distributed start-up or collective may wait before the worker gives up',
     'distributed': 'derived from --world-size, which is part of the identity',
     'rank': _HOW,
     'local_rank': _HOW,

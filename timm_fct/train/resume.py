@@ -25,6 +25,7 @@ from ..runs.load import load_state
 from ..runs.weights import (
     ARCH_KEY, ARGS_KEY, EMA_KEY, EPOCH_KEY, OPTIMIZER_KEY, RAW_KEY, SAVER_KEY, TASK_STATE_EMA_KEY, TASK_STATE_KEY, VERSION_KEY,
 )
+from .distributed import startup_watchdog
 from .identity import check_same_run
 
 AUTO = 'auto'
@@ -40,8 +41,9 @@ def resolve_auto_resume(args: argparse.Namespace) -> None:
         raise FctError('--resume auto needs --experiment NAME: it resumes the run folder --output/--experiment '
                        'when that holds a checkpoint, and starts it otherwise')
     answer = [_look_in_run_folder(RunFolder(Path(args.output) / args.experiment), args) if args.rank == 0 else None]
-    if args.distributed:
-        dist.broadcast_object_list(answer, src=0)
+    if args.distributed:  # every rank waits here for rank 0: bounded, as the rest of the start-up
+        with startup_watchdog('agreeing on the checkpoint of --resume auto', args.dist_timeout):
+            dist.broadcast_object_list(answer, src=0)
     checkpoint, error = answer[0]
     if error:
         raise FctError(error)
