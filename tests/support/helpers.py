@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import timm_fct  # noqa: F401  registers the models
+from benchmarks import soak
 
 REPO = Path(__file__).parents[2]
 TRAIN = (sys.executable, '-m', 'timm_fct.train')  # training as a user starts it
@@ -83,11 +84,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# the distributed tests' run: test_convnext, which has no BatchNorm (per-replica statistics would make two processes
-# differ from one by design), on the digits at 32 px with no augmentation, 3 epochs of 10 updates at a global batch
-# of 128 (-b 64 on two processes), and an EMA that moves in 30 updates
-DISTRIBUTED_ARGS = ('--epochs', '3', '--model', 'test_convnext', '--img-size', '32', '--pad-crop', '0', '--pipeline',
-                    'memory', '--device', 'cpu', '--model-ema', '--model-ema-decay', '0.9')
+DISTRIBUTED_ARGS = soak.RUN_ARGS  # the distributed tests' run, the soak's (benchmarks/soak.py): one list
 
 # training with each rank's parameters saved to {out}/rank<R>.pt at every epoch's replica check (the last one stays)
 RANK_STATES_WRAPPER = """

@@ -1,10 +1,8 @@
-"""Beyond one machine: train.py across two torchrun 'nodes', a worker group torchrun restarts after a worker dies
+"""Beyond one machine: training across two torchrun 'nodes', a worker group torchrun restarts after a worker dies
 (`--resume auto`), and which checkpoint `--resume auto` continues from."""
 import argparse
 import io
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,13 +10,10 @@ import torch
 import yaml
 from timm.utils import CheckpointSaver
 
-from tests.support.helpers import (
-    DISTRIBUTED_ARGS, QUICK, REPO, SMALL_MODEL, assert_same_tensors, read_state, summary_rows, torchrun,
-)
+from benchmarks import soak
+from tests.support.helpers import DISTRIBUTED_ARGS, QUICK, SMALL_MODEL, assert_same_tensors, read_state
 from timm_fct.runs.folder import read_checkpoint
 from timm_fct.train.resume import resolve_auto_resume
-
-UPDATES_PER_EPOCH = 10  # DISTRIBUTED_ARGS on two processes: 1347 training digits, 673 per rank, 10 batches of 64
 
 
 def test_two_nodes_stay_in_sync_and_match_one_process_at_the_same_global_batch(two_node_run, tmp_path):
@@ -36,74 +31,19 @@ def test_two_nodes_stay_in_sync_and_match_one_process_at_the_same_global_batch(t
     assert yaml.safe_load((tmp_path / 'single' / 'args.yaml').read_text())['lr'] == pytest.approx(args['lr'])
 
 
-# train.py whose rank 1 SIGKILLs itself before update {kill_at} in the group's first attempt only (torchrun counts
-# the attempts in TORCHELASTIC_RESTART_COUNT): a kill at the same point of training however fast the machine is
-KILLED_WORKER_WRAPPER = """
-import os, signal, sys, torch
-sys.path.insert(0, {repo!r})
-from timm_fct.train import command
-step = torch.optim.Adam.step
-updates = [0]
-def step_or_die(self, *args, **kwargs):
-    updates[0] += 1
-    if updates[0] == {kill_at} and os.environ['RANK'] == '1' and os.environ['TORCHELASTIC_RESTART_COUNT'] == '0':
-        open({marker!r}, 'w').close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return step(self, *args, **kwargs)
-torch.optim.Adam.step = step_or_die
-sys.exit(command.main(sys.argv[1:]))
-"""
-
-
-def test_a_worker_killed_mid_epoch_is_restarted_and_the_run_ends_as_if_never_interrupted(two_node_run, tmp_path):
-    """torchrun --max-restarts with --resume auto: rank 1 dies by SIGKILL half-way through epoch 2 of 3, torchrun
-    restarts both workers with the same command, and they continue from epoch 1's checkpoint to the weights, EMA,
-    optimizer, one-cycle position and metrics of the uninterrupted two-process run.
-
-    One restart allowed, for the one failure: the restarted group must connect at its first try. Before each attempt
-    formed its process group apart (timm_fct/train/distributed.py) it often read the addresses of the killed one
-    and failed to connect, which three allowed restarts had hidden (docs/development.md)."""
-    marker = tmp_path / 'killed'
-    wrapper = tmp_path / 'killed_worker_train.py'
-    wrapper.write_text(KILLED_WORKER_WRAPPER.format(repo=str(REPO), kill_at=UPDATES_PER_EPOCH + 5, marker=str(marker)))
-    group = torchrun('--standalone', '--nproc-per-node', '2', '--max-restarts', '1', str(wrapper), '--no-progress',
-                     *DISTRIBUTED_ARGS, '-b', '64', '--resume', 'auto', '--output', str(tmp_path),
-                     '--experiment', 'run')
-    out, err = finish(group, timeout=600)  # measured: 20 s alone, 46 s on one core with the AVX2 limits
-    assert group.returncode == 0, err[-3000:]
-    assert marker.exists(), 'rank 1 was not killed'
-    assert out.count('training test_convnext') >= 2, 'the group started again'
-    epochs = [line.split(':')[0] for line in out.splitlines() if line.startswith('epoch ')]
-    assert epochs[:2] == ['epoch 1/3', 'epoch 2/3'] and epochs.count('epoch 1/3') == 1, \
-        'the restart resumes after epoch 1, it does not redo it'
-    assert epochs[-2:] == ['epoch 2/3', 'epoch 3/3']
-
-    run, reference = tmp_path / 'run', two_node_run / 'run'
-    rows, expected = summary_rows(run), summary_rows(reference)
-    assert [r['epoch'] for r in rows] == [r['epoch'] for r in expected] == ['0', '1', '2']
-    for row, want in zip(rows, expected):
-        for key in ('train_loss', 'eval_loss', 'eval_top1', 'eval_ema_loss', 'eval_ema_top1', 'lr'):
-            assert float(row[key]) == pytest.approx(float(want[key]), rel=1e-5, abs=1e-9), (row['epoch'], key)
-    x, y = read_state(reference / 'last.pth.tar'), read_state(run / 'last.pth.tar')
-    assert x['epoch'] == y['epoch'] == 2
-    assert_same_tensors(y['state_dict'], x['state_dict'], 'model', exact=False)
-    assert_same_tensors(y['state_dict_ema'], x['state_dict_ema'], 'EMA', exact=False)
-    xo, yo = x['optimizer'], y['optimizer']
-    assert yo['param_groups'] == xo['param_groups']  # lr and beta1 where the one-cycle schedule ends
-    for i in xo['state']:
-        assert_same_tensors(yo['state'][i], xo['state'][i], f'optimizer state {i}', exact=False)
-    assert float(yo['state'][0]['step']) == 3 * UPDATES_PER_EPOCH
-
-
-def finish(group, timeout: float):
-    """The launch's (stdout, stderr); past the timeout the whole process group is killed and the test fails with the
-    launch's last words, instead of leaving workers behind."""
-    try:
-        return group.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(group.pid, signal.SIGKILL)
-        out, err = group.communicate()
-        pytest.fail(f'torchrun still running after {timeout} s:\n{out[-2000:]}\n{err[-4000:]}')
+@pytest.mark.parametrize('kill', [
+    dict(moment='mid-epoch', rank=1, epoch=1, update=5),
+    dict(moment='checkpoint-write', rank=0, epoch=1, update=0),
+], ids=lambda kill: kill['moment'])
+def test_a_worker_killed_at_any_moment_costs_one_restart_and_the_run_ends_as_if_never_interrupted(two_node_run, tmp_path,
+                                                                                                    kill):
+    """The soak's short version (benchmarks/soak.py, whose N-cycle results are in docs/development.md): under
+    torchrun --max-restarts 1 with --resume auto, a worker SIGKILLed half-way through epoch 2 of 3, or rank 0 while
+    half of epoch 2's checkpoint is on disk; torchrun restarts both workers, which connect at their first try,
+    continue after the last whole checkpoint (each epoch trained once) and end with the weights, EMA, optimizer,
+    one-cycle position and metrics of the uninterrupted two-process run."""
+    result = soak.run_cycle(tmp_path, two_node_run / 'run', kill, timeout=600)  # measured: 20-46 s a cycle
+    assert result['passed'], result
 
 
 def auto_resume(output: Path, experiment: str = 'run') -> str:
