@@ -401,6 +401,8 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     (('--dataset', 'torch/notaset', '--data-dir', '.'), "unknown dataset 'torch/notaset'"),
     (('--dataset', 'imagenet-ish'), "unknown dataset 'imagenet-ish'"),
     (('--model', 'resnet50_fct_gn'), "unknown model 'resnet50_fct_gn'"),
+    (('--model', 'resnet18_fct_bn.in22k'), "unknown pretrained tag 'in22k' of resnet18_fct_bn; its tags: a1_in1k_backbone"),
+    (('--img-size', '4'), '--img-size 4 is below the smallest input resnet18_fct_bn_cifar takes, 8 px'),
     (('--model-kwargs', 'not_an_arg=1'), '--model-kwargs not accepted'),
     (('--model-kwargs', 'embed_dim=97'), 'embed_dim (97) must be divisible by num_heads (2)'),
     (('--sync-bn',), '--sync-bn needs GPUs'),
@@ -416,6 +418,48 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, capsys, argv, messag
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1 and message in err
     assert not any(tmp_path.iterdir()), 'nothing may be written for a run that could not start'
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    """--output inside a file (any folder the file system refuses: read-only, not a folder): exit code 5, one line
+    naming the folder, before anything trains."""
+    from timm_fct.train import command
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder\n')
+    assert command.main([*QUICK, '--epochs', '1', '--output', str(blocker / 'runs'), '--experiment', 'x']) == 5
+    assert capsys.readouterr().err.splitlines() == [f'error: Not a directory: {blocker / "runs" / "x"}']
+    assert [p.name for p in tmp_path.iterdir()] == ['a_file'] and blocker.read_text() == 'not a folder\n'
+
+
+def test_a_full_disk_stops_the_run_in_one_line_keeping_every_whole_epoch(tmp_path, capsys, monkeypatch):
+    """The disk fills while epoch 2's summary.csv is being written (simulated: its rows' write raises ENOSPC): exit
+    code 5, one line; the run folder keeps epoch 1's summary and checkpoint whole, and no temporary file."""
+    import csv
+    import errno
+    from timm_fct.train import command
+    writer, summaries = csv.writer, []
+
+    def filling_up(f, *args, **kwargs):
+        inner = writer(f, *args, **kwargs)
+        summaries.append(f.name)
+
+        class Full:
+            writerow = inner.writerow
+
+            def writerows(self, rows):
+                if len(summaries) == 2:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
+                return inner.writerows(rows)
+        return Full()
+
+    monkeypatch.setattr(csv, 'writer', filling_up)
+    assert command.main([*QUICK, '--epochs', '2', '--no-progress', '--output', str(tmp_path),
+                         '--experiment', 'full']) == 5
+    run = tmp_path / 'full'
+    assert capsys.readouterr().err.splitlines()[-1] == f'error: No space left on device: {summaries[1]}'
+    assert [r['epoch'] for r in summary_rows(run)] == ['0']
+    assert read_state(run / 'last.pth.tar')['epoch'] == 0
+    assert not [p.name for p in run.iterdir() if p.name.startswith('.') or 'tmp' in p.name]
 
 
 def test_a_model_asserting_on_its_arguments_is_a_user_mistake(tmp_path, capsys):

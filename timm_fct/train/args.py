@@ -12,6 +12,7 @@ import timm
 import torch
 import yaml
 from timm.data import resolve_data_config
+from timm.models import split_model_name_tag
 from timm.utils import ParseKwargs
 
 from ..data.datasets import DIGITS, DIGITS_MEAN, DIGITS_STD, IN_MEMORY_DATASETS
@@ -238,9 +239,7 @@ def resolve_args(args: argparse.Namespace) -> None:
     args.data_dir = args.data_dir or args.data
     if args.dataset is None:
         args.dataset = '' if args.data_dir else DIGITS
-    if not timm.is_model(args.model):
-        raise FctError(f'unknown model {args.model!r}; see timm.list_models() (FCT models: '
-                          f'{", ".join(timm.list_models("*fct*"))})')
+    check_model_name(args.model)
     is_digits = args.dataset == DIGITS
     for key, value in (DIGITS_DEFAULTS if is_digits else PAPER_DEFAULTS).items():
         if getattr(args, key) is None:
@@ -270,6 +269,17 @@ def resolve_args(args: argparse.Namespace) -> None:
                           f'{args.dataset or "an ImageFolder tree"}')
 
 
+def check_model_name(name: str) -> None:
+    """A name timm knows, and a tag its architecture has, else one line naming what there is."""
+    if not timm.is_model(name):
+        raise FctError(f'unknown model {name!r}; see timm.list_models() (FCT models: '
+                       f'{", ".join(timm.list_models("*fct*"))})')
+    arch, tag = split_model_name_tag(name)
+    tags = [n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*')]
+    if tag and tag not in tags:
+        raise FctError(f'unknown pretrained tag {tag!r} of {arch}; its tags: {", ".join(tags) or "none"}')
+
+
 def resolve_preprocessing(args: argparse.Namespace, model: torch.nn.Module) -> Dict[str, Any]:
     """The run's preprocessing as timm's train.py resolves it, once the model is built: each flag, else the
     model's pretrained_cfg (a generic FCT model's is its backbone's). Written back into args."""
@@ -277,4 +287,8 @@ def resolve_preprocessing(args: argparse.Namespace, model: torch.nn.Module) -> D
     args.img_size = config['input_size'][-1]
     args.mean, args.std = list(config['mean']), list(config['std'])
     args.crop_pct, args.interpolation = config['crop_pct'], config['interpolation']
+    smallest = (getattr(model, 'pretrained_cfg', None) or {}).get('min_input_size')
+    if smallest and args.img_size < smallest[-1]:  # refused now, not at the first forward as a traceback
+        raise FctError(f'--img-size {args.img_size} is below the smallest input {args.model} takes, {smallest[-1]} px '
+                       f'(for an FCT model: the total stride of its backbone, where the deepest map is 1x1)')
     return config
