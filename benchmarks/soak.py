@@ -88,9 +88,10 @@ sys.exit(command.main(sys.argv[1:]))
 """
 
 
-def draw(rng: random.Random) -> Dict[str, object]:
-    """A kill at a random moment: its kind, the worker, the epoch and (mid-epoch) the update before which it dies."""
-    moment = rng.choice(MOMENTS)
+def draw(rng: random.Random, cycle: int) -> Dict[str, object]:
+    """A kill at a random moment of the cycle's kind (the kinds in turn, so that N >= 3 cycles cover each): the
+    worker, the epoch (0-based) and, mid-epoch, the update before which it dies."""
+    moment = MOMENTS[cycle % len(MOMENTS)]
     return dict(moment=moment,
                 rank=0 if moment == 'checkpoint-write' else rng.randrange(2),  # only rank 0 writes checkpoints
                 epoch=rng.randrange(1 if moment == 'between-epochs' else 0, EPOCHS),
@@ -213,10 +214,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rng = random.Random(args.seed)
     results = []
     for i in range(1, args.cycles + 1):
-        kill = draw(rng)
+        kill = draw(rng, i - 1)
         result = run_cycle(args.out / f'cycle{i}', reference, kill, args.timeout)
         results.append(dict(cycle=i, **result))
-        print(f"cycle {i}/{args.cycles}: rank {kill['rank']} killed {kill['moment']} (epoch {kill['epoch']}"
+        print(f"cycle {i}/{args.cycles}: rank {kill['rank']} killed {kill['moment']} (epoch {kill['epoch'] + 1}"
               + (f", before update {kill['update']}" if kill['moment'] == 'mid-epoch' else '')
               + f"): {'PASSED' if result['passed'] else 'FAILED ' + '; '.join(result['problems'])} "
               f"({result['seconds']} s)", flush=True)
