@@ -8,16 +8,15 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import timm
 import torch
 import yaml
 from timm.data import resolve_data_config
-from timm.models import split_model_name_tag
 from timm.utils import ParseKwargs
 
 from ..data.datasets import DIGITS, DIGITS_MEAN, DIGITS_STD, IN_MEMORY_DATASETS
 from ..data.loaders import PIPELINES, default_workers
 from ..errors import FctError
+from ..runs.load import check_model_name
 
 DEFAULT_MODEL = 'resnet18_fct_bn_cifar'
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'  # package data: `-c NAME` finds them from any install
@@ -267,17 +266,6 @@ def resolve_args(args: argparse.Namespace) -> None:
     if args.pipeline == 'memory' and args.dataset not in IN_MEMORY_DATASETS:
         raise FctError(f'--pipeline memory holds {", ".join(IN_MEMORY_DATASETS)}; use --pipeline pil for '
                           f'{args.dataset or "an ImageFolder tree"}')
-
-
-def check_model_name(name: str) -> None:
-    """A name timm knows, and a tag its architecture has, else one line naming what there is."""
-    if not timm.is_model(name):
-        raise FctError(f'unknown model {name!r}; see timm.list_models() (FCT models: '
-                       f'{", ".join(timm.list_models("*fct*"))})')
-    arch, tag = split_model_name_tag(name)
-    tags = [n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*')]
-    if tag and tag not in tags:
-        raise FctError(f'unknown pretrained tag {tag!r} of {arch}; its tags: {", ".join(tags) or "none"}')
 
 
 def resolve_preprocessing(args: argparse.Namespace, model: torch.nn.Module) -> Dict[str, Any]:
