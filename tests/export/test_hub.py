@@ -345,6 +345,17 @@ def test_export_onto_an_existing_folder_is_refused_and_changes_nothing(small_run
     assert [p.name for p in tmp_path.iterdir()] == ['export']
 
 
+def test_an_out_folder_the_file_system_refuses_is_one_line(small_run, tmp_path, capsys):
+    """--out inside a file (as on a read-only or full file system, the folder cannot be made): exit code 5, one
+    line naming it, nothing written."""
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder\n')
+    result = run_cli(capsys, small_run, '--out', blocker / 'export')
+    err = result.err.splitlines()
+    assert result.rc == 5 and len(err) == 1 and err[0].startswith('error: ') and str(blocker) in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ['a_file']
+
+
 def test_export_failing_after_its_temporary_folder_exists_leaves_nothing(small_run, tmp_path, monkeypatch, capsys):
     """config.json saved for another head: validation refuses the folder after the weights were written into it."""
     saved_in = []

@@ -344,6 +344,16 @@ def test_the_report_reads_the_split_the_runs_evaluated_on_unless_told():
     assert resolve_split(None, False, [run('test'), run('validation')]) == 'validation'
 
 
+def test_an_out_folder_the_file_system_refuses_is_one_line(digits_run, tmp_path, capsys):
+    """--out inside a file (the folder cannot be made): exit code 5, one line naming it, nothing written."""
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder\n')
+    assert report_main([str(digits_run), '--out', str(blocker / 'report'), '-j', '0', '--max-images', '8']) == 5
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and str(blocker) in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ['a_file']
+
+
 def test_a_dataset_of_another_class_count_is_one_error_line(digits_run, tmp_path, capsys):
     """The digits run (10 classes) reported on a two-class image folder: refused naming the run and both counts."""
     data = tmp_path / 'two_classes'

@@ -1,7 +1,7 @@
 """`python -m timm_fct.table1`: the whole Table 1 protocol on the digits at the tiniest settings, run again, interrupted, refused.
 
-One protocol run (two rows and the pre-trained one, two seeds, two epochs at 8 px, offline with an empty
-Hugging Face cache) is shared by the module; the interrupted run repeats one of its runs and must end equal.
+One protocol run (two rows, two seeds, two epochs at 8 px, offline with an empty Hugging Face cache) is shared by
+the module; the interrupted run repeats one of its runs and must end equal.
 """
 import json
 import os
@@ -16,6 +16,8 @@ import pytest
 from timm_fct.table1 import protocol
 from timm_fct.table1.table import RowResult, markdown, run_result
 from tests.support.helpers import REPO, run_offline, summary_rows, write_hub_cache
+
+pytestmark = pytest.mark.xdist_group('table1')  # one worker runs the module, so its shared protocol runs once
 
 ROWS = ('resnet50', 'fct_bn')
 TINY = ('--epochs', '2', '--img-size', '8')  # --img-size goes through to training unchanged
@@ -35,12 +37,12 @@ def run_table1(out: Path, *args: str, hf_home: Path) -> subprocess.CompletedProc
                           env=offline_env(hf_home))
 
 
-PROTOCOL_ARGS = ('--seeds', '2', '--rows', *ROWS, 'pretrained', *TINY)
+PROTOCOL_ARGS = ('--seeds', '2', '--rows', *ROWS, *TINY)
 
 
 @pytest.fixture(scope='module')
 def table1_run(tmp_path_factory: pytest.TempPathFactory):
-    """The protocol once; the pre-trained row cannot run (offline, no cached ImageNet weights)."""
+    """The protocol once."""
     root = tmp_path_factory.mktemp('table1')
     result = run_table1(root / 'out', *PROTOCOL_ARGS, hf_home=root / 'hf_home')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -76,14 +78,27 @@ def test_protocol_writes_the_table_the_plot_and_a_folder_per_run(table1_run):
     assert [rows[name]['paper_top1'] for name in ROWS] == [92.87, 93.35]
 
 
-def test_unavailable_row_is_reported_not_run_with_the_reason_and_the_others_complete(table1_run):
-    root, result = table1_run
-    row = {r['row']: r for r in table(root / 'out')['rows']}['pretrained']
+def test_unavailable_row_is_reported_not_run_with_the_reason(tmp_path):
+    """Offline with an empty cache the pre-trained row cannot load its ImageNet weights: reported, not run, the
+    table written with its line."""
+    out = tmp_path / 'out'
+    result = run_table1(out, '--seeds', '1', '--rows', 'pretrained', '--epochs', '1', hf_home=tmp_path / 'hf_home')
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    row = {r['row']: r for r in table(out)['rows']}['pretrained']
     assert row['status'].startswith('not run:') and 'timm/resnet18.a1_in1k' in row['status']
     assert row['seeds_done'] == 0 and row['last_top1'] == {'mean': None, 'std': None}
     assert 'pretrained: NOT RUN' in result.stdout
-    assert not (root / 'out' / 'runs' / 'pretrained-seed1').exists()
-    assert '| ours (pre-trained) |' in (root / 'out' / 'table.md').read_text()
+    assert not (out / 'runs' / 'pretrained-seed1').exists()
+    assert '| ours (pre-trained) |' in (out / 'table.md').read_text()
+
+
+def test_flags_a_row_cannot_take_are_refused_before_anything_trains(tmp_path, capsys):
+    """--img-size 8 goes to every row; the pre-trained row's ImageNet stem needs 32 px: one line naming the row."""
+    assert protocol.main(['--out', str(tmp_path / 'out'), '--rows', 'fct_bn', 'pretrained', *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: training rejects the flags of row pretrained:'), err
+    assert '--img-size 8' in err[0] and '32 px' in err[0]
+    assert not (tmp_path / 'out').exists()
 
 
 def test_table_statistics_equal_those_of_each_runs_summary(table1_run):

@@ -198,7 +198,8 @@ def test_nan_loss_stops_within_one_log_interval_and_keeps_the_last_good_run(tmp_
     wrapper.write_text(f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-import timm.task, train
+import timm.task
+from timm_fct.train import command
 forward = timm.task.ClassificationTask.forward
 calls = [0]
 def poisoned(self, *args, **kwargs):

@@ -107,15 +107,19 @@ def row_argv(setting: Setting, row: Row) -> List[str]:
     return ['-c', row.config, *digits, *setting.common]
 
 
-def expected_settings(argv: List[str]) -> argparse.Namespace:
-    """What a run of these flags resolves to, as training resolves them; refused in one line if it rejects them."""
+def expected_settings(row: Row, argv: List[str]) -> argparse.Namespace:
+    """What a run of these flags resolves to, as training resolves them; refused in one line naming the row if
+    training rejects them (e.g. --img-size 8 for the pre-trained row, whose ImageNet stem needs 32 px)."""
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
             return resolved_settings(argv)
     except SystemExit:
         lines = stderr.getvalue().strip().splitlines() or ['']
-        raise FctError(f'training rejects the flags: {lines[-1].split("error: ", 1)[-1]}') from None
+        reason = lines[-1].split("error: ", 1)[-1]
+    except FctError as e:
+        reason = str(e)
+    raise FctError(f'training rejects the flags of row {row.name}: {reason}')
 
 
 @dataclass
@@ -157,7 +161,7 @@ class RowPlan:
 def plan(setting: Setting, row: Row) -> RowPlan:
     """The row's runs, one per seed, each in OUT/runs/ROW-seedS; checked against what their folders hold."""
     argv = row_argv(setting, row)
-    resolved = expected_settings(argv)  # once per row: the seed changes nothing else that is resolved
+    resolved = expected_settings(row, argv)  # once per row: the seed changes nothing else that is resolved
     runs = []
     for seed in setting.seeds:
         name = f'{row.name}-seed{seed}'
