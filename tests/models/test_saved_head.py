@@ -85,7 +85,7 @@ def test_model_saved_before_the_fusion_loads_and_gives_the_same_logits_and_gradi
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     expected = {k: v for k, v in part(saved, f'{norm}.').items() if not k.startswith('state.')}
-    # how the patch embedding adds P(g) depends on the tap's size, batch included (embed_with_global): one image
+    # how the patch embedding adds P(g) depends on the tap's size (embed_with_global), never the batch: one image
     # alone gives its row of the batch's logits (first, since the train-mode forward moves BatchNorm's statistics)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(saved['x'][:1]), expected['logits_eval'][:1], atol=ATOL, rtol=RTOL)

@@ -128,7 +128,9 @@ def kv_stride_for(x: torch.Tensor, kv_stride: int, kv_min_grid: int) -> int:
     """The K/V stride for this patch grid: strided only while the strided grid keeps enough keys."""
     if min(x.shape[-2], x.shape[-1]) > kv_min_grid:
         return kv_stride
-    if x.shape[-2] == 1 and x.shape[-1] == 1:
+    if x.shape[-2] == 1 and x.shape[-1] == 1 and not torch.compiler.is_compiling():
+        # eager and TorchScript warn; Dynamo cannot trace warnings.warn (fullgraph=True stops there), so graphs
+        # that torch.compile and torch.export trace from this model run without the warning
         warnings.warn(
             'an FCT module attends over a single key (1x1 patch grid): the attention returns V unchanged and '
             'Q and K get no gradient; use a larger input')
@@ -136,8 +138,30 @@ def kv_stride_for(x: torch.Tensor, kv_stride: int, kv_min_grid: int) -> int:
 
 
 @register_notrace_function
+def conv_same(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        stride: int = 1,
+        groups: int = 1,
+) -> torch.Tensor:
+    """k x k convolution padded by k // 2 (odd k): the size-keeping convolution of the FCT module.
+
+    On a 1x1 map only the kernel's centre tap meets the input, every other tap meets zero padding, so the
+    convolution is the 1x1 convolution of the centre tap: the same numbers and the same gradients (zero for the
+    other taps), computed as what it is. A decision on the spatial size, never on the batch. It keeps the
+    pre-trained row's model at 32 px, whose last FCT module sees a 1x1 grid, away from the padded 3x3 backward
+    on a 1x1 map where inductor failed a stride assertion on an H200 (docs/benchmarks.md).
+    """
+    k = weight.shape[-1]
+    if x.shape[-2] == 1 and x.shape[-1] == 1:
+        return F.conv2d(x, weight[:, :, k // 2:k // 2 + 1, k // 2:k // 2 + 1], bias, 1, 0, 1, groups)
+    return F.conv2d(x, weight, bias, stride, k // 2, 1, groups)
+
+
+@register_notrace_function
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
-    """3x3 depth-wise convolution; strided ones run in float32 under CPU autocast.
+    """3x3 depth-wise convolution (`conv_same`); strided ones run in float32 under CPU autocast.
 
     On a CPU, the bf16 backward of a strided depth-wise convolution on 1x1 maps returned non-finite
     gradients from finite inputs, inconsistently (it depends on the heap: docs/benchmarks.md, bf16 on CPU), and
@@ -146,8 +170,8 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.
     if not torch.jit.is_scripting():
         if stride > 1 and x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             with torch.autocast('cpu', enabled=False):
-                return F.conv2d(x.float(), weight.float(), None, stride, 1, 1, weight.shape[0])
-    return F.conv2d(x, weight, None, stride, 1, 1, weight.shape[0])
+                return conv_same(x.float(), weight.float(), None, stride, weight.shape[0])
+    return conv_same(x, weight, None, stride, weight.shape[0])
 
 
 @register_notrace_function
@@ -158,19 +182,20 @@ def embed_with_global(
         bias: Optional[torch.Tensor],
         stride: List[int],
         padding: List[int],
+        max_sum_positions: int = 512,
 ) -> torch.Tensor:
     """PATCHEMBED(x + c) of eq. 7, c = P(g) of shape (B, C) broadcast over the tap x, without the sum on large taps.
 
-    The convolution is linear, so on a tap much larger than the kernel (B * H * W > 8 * C_out * k^2) the
-    embedding of the broadcast c is added to the tap's own embedding instead: at each output position, the sum
-    over the kernel taps that fall inside the map (zero padding elsewhere) of W[:, :, tap] c. On a CPU, the
-    (B, C, H, W) sum of a large tap cost more than its arithmetic: the convolution ran 2-4x slower on that fresh
-    tensor than on the tap itself (batch 16 at 32 px and 224 px); on small taps the sum is the cheaper way
-    (docs/benchmarks.md, profile).
+    The convolution is linear, so on a tap of more than max_sum_positions positions the embedding of the
+    broadcast c is added to the tap's own embedding instead: at each output position, the sum over the kernel
+    taps that fall inside the map (zero padding elsewhere) of W[:, :, tap] c. On a CPU the convolution of the
+    fresh (B, C, H, W) sum of a large tap ran up to 2x slower than that of the tap itself (56x56 and 28x28 taps
+    at batch 16), while on small taps the sum is the cheaper way (docs/decisions.md). The choice reads the tap's
+    height and width only: a decision on the batch size is a guard that stops torch.export with a dynamic batch.
     """
-    B, O, C, kh, kw = x.shape[0], weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
-    if B * x.shape[-2] * x.shape[-1] <= 8 * O * kh * kw:
+    if x.shape[-2] * x.shape[-1] <= max_sum_positions:
         return F.conv2d(x + c[:, :, None, None], weight, bias, stride, padding)
+    B, O, C, kh, kw = x.shape[0], weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
     per_tap = torch.matmul(c, weight.reshape(O, C, kh * kw)).transpose(0, 1)  # (B, O, k^2), no copy of the weight
     # (k^2, H', W'): 1 where kernel tap t of output position (i, j) falls inside the map, 0 in the padding
     taps = torch.eye(kh * kw, dtype=x.dtype, device=x.device).reshape(kh * kw, 1, kh, kw)
@@ -179,13 +204,29 @@ def embed_with_global(
     return F.conv2d(x, weight, bias, stride, padding) + term.reshape(B, O, inside.shape[-2], inside.shape[-1])
 
 
+def _strided_like_its_gradient(conv: nn.Conv2d) -> nn.Conv2d:
+    """`conv` with its weight given channels_last strides, those of the gradient a channels_last input gives it.
+
+    The FCT module runs channels_last, where convolutions return channels_last weight gradients. For a
+    depth-wise (C, 1, k, k) or a 1x1 (C_out, C_in, 1, 1) weight that layout orders memory exactly as the
+    default one and differs only in the strides of size-1 dimensions, so values and state dict stay as they
+    are; but DistributedDataParallel compares every stride of a gradient with its bucket view's and, where they
+    differ, warns and copies the gradient each step. Other weights keep their layout: there the two layouts
+    order memory differently.
+    """
+    weight = conv.weight
+    conv.weight = nn.Parameter(torch.empty_like(weight, memory_format=torch.channels_last).copy_(weight),
+                               requires_grad=weight.requires_grad)
+    return conv
+
+
 class ConvProjection(nn.Module):
     """CONVPROJ then N: a depth-wise 3x3 convolution (strided for K and V on large grids) and the variant's norm."""
 
     def __init__(self, dim: int, norm_layer: Callable[..., nn.Module], device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
+        self.conv = _strided_like_its_gradient(nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd))
         self.norm = norm_layer(dim, **dd)
 
     def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -228,11 +269,11 @@ class ConvAttention(nn.Module):
         self.q_conv = ConvProjection(dim, norm_layer, **dd)
         self.k_conv = ConvProjection(dim, norm_layer, **dd)
         self.v_conv = ConvProjection(dim, norm_layer, **dd)
-        self.q = nn.Conv2d(dim, dim, 1, **dd)  # W_Q of eq. 2, a 1x1 convolution
-        self.k = nn.Conv2d(dim, dim, 1, **dd)  # W_K
-        self.v = nn.Conv2d(dim, dim, 1, **dd)  # W_V
+        self.q = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))  # W_Q of eq. 2, a 1x1 convolution
+        self.k = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))  # W_K
+        self.v = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))  # W_V
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Conv2d(dim, dim, 1, **dd)
+        self.proj = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2], x.shape[-1]
@@ -259,7 +300,7 @@ class FocusLayer(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
+        return self.act(conv_same(x, self.conv.weight, self.conv.bias))
 
 
 class FctBlock(nn.Module):
