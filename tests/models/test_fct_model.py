@@ -398,3 +398,40 @@ def test_classifier_keeps_pytorchs_default_init_unless_asked():
     w = fc.weight.detach().double()
     bound = 1.0 / math.sqrt(w.shape[1])
     assert w.abs().max().item() <= bound and w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+
+
+@pytest.mark.parametrize('groups', [1, 8], ids=['full', 'depthwise'])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_a_1x1_map_is_convolved_by_the_centre_tap_with_the_padded_convolutions_values_and_gradients(groups, stride):
+    """On a 1x1 map the FCT module's 3x3 convolutions (padding 1) run as the 1x1 convolution of the kernel's centre
+    tap: compared with PyTorch's padded 3x3 convolution, outputs and gradients (the weight's outer taps get zero)."""
+    from timm_fct.models.fct import conv_same
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 1, 1, requires_grad=True)
+    weight = torch.randn(8, 8 // groups, 3, 3, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    grads = []
+    for conv in (lambda: conv_same(x, weight, bias, stride, groups),
+                 lambda: F.conv2d(x, weight, bias, stride, 1, 1, groups)):
+        out = conv()
+        grads.append((out,) + torch.autograd.grad((out * torch.arange(8.).view(1, 8, 1, 1)).sum(), (x, weight, bias)))
+    for ours, torchs in zip(*grads):
+        torch.testing.assert_close(ours, torchs)
+    assert grads[0][2][:, :, 1, 1].abs().sum() > 0 and grads[0][2][:, :, 0].abs().sum() == 0
+
+
+@pytest.mark.parametrize('norm', ['bn', 'ln'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['contiguous', 'channels_last'])
+def test_every_gradient_has_its_parameters_strides_as_ddp_buckets_need(norm, channels_last):
+    """DistributedDataParallel lays each bucket view out like its parameter; a gradient with other strides (even of
+    a size-1 dimension) makes it warn and copy that gradient every step. Checked in training's two layouts: the
+    default and --channels-last (model and batch channels_last)."""
+    torch.manual_seed(0)
+    model = timm.create_model(f'resnet18_fct_{norm}_cifar', embed_dim=16).train()
+    x = torch.randn(2, 3, 16, 16)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    mismatched = {n: (p.stride(), p.grad.stride()) for n, p in model.named_parameters() if p.grad.stride() != p.stride()}
+    assert not mismatched, f'(parameter strides, gradient strides): {mismatched}'
