@@ -1,19 +1,23 @@
 """Cost of each FCT model beside its vanilla ResNet baseline, measured in one run.
 
-Prints parameters, forward FLOPs (torch.utils.flop_counter) and inference / training-step throughput
-at each model's default input size, plus the FCT/baseline ratios, as a Markdown table.
+Prints parameters, forward FLOPs (torch.utils.flop_counter), compute operators dispatched per training step
+and inference / training-step throughput at each model's default input size, plus the FCT/baseline ratios,
+as a Markdown table.
 
     python benchmarks/cost.py                      # all FCT models, this machine's CPU
     python benchmarks/cost.py --models 'resnet50*' --batch-size 32 --device cuda
+    python benchmarks/cost.py --models 'resnet50*' --ops-only   # parameters and operator counts, no timing
 """
 import argparse
 import fnmatch
 import time
-from typing import Callable, Dict, List, Optional
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional
 
 import timm
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import timm_fct  # noqa: F401  registers the models
@@ -37,6 +41,45 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x[:1])
     return counter.get_total_flops()
+
+
+# operators that only allocate or re-describe memory, as views do: no kernel runs
+NO_COMPUTE = {'aten::_unsafe_view', 'aten::empty', 'aten::empty_strided', 'aten::empty_like', 'aten::new_empty',
+              'aten::new_empty_strided'}
+
+
+class ComputeOpCounter(TorchDispatchMode):
+    """Counts, by name, the aten operators dispatched under it that compute: not views (their schema says the
+    output aliases an input), not in-place changes of a view's metadata, not pure allocations."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func.name()
+        if not (func.is_view or torch.Tag.inplace_view in func.tags or name.split('.')[0] in NO_COMPUTE):
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> Counter:
+    """Compute operators one training step dispatches (forward, cross-entropy, backward), by name.
+
+    Roughly what a GPU launches kernels for: every aten operator below autograd, the backward's included. The
+    optimizer's update is left out (its count depends on the optimizer, foreach or not, not on the model).
+    A first step runs uncounted, so that lazy initialisations do not count.
+    """
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+
+    model.train()
+    step()
+    with ComputeOpCounter() as counter:
+        step()
+    model.zero_grad(set_to_none=True)
+    return counter.counts
 
 
 def timed(step: Callable[[], None], iters: int, sync: Callable[[], None]) -> float:
@@ -69,7 +112,8 @@ class Subject:
         self.target = torch.randint(0, self.model.num_classes, (args.batch_size,), device=device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3)
         self.params = sum(p.numel() for p in self.model.parameters()) / 1e6
-        self.gflops = count_flops(self.model.eval(), self.x) / 1e9
+        self.ops = count_ops(self.model, self.x, self.target)
+        self.gflops = 0. if args.ops_only else count_flops(self.model.eval(), self.x) / 1e9
 
     def infer(self) -> None:
         self.model.eval()
@@ -81,7 +125,7 @@ class Subject:
         train_step(self.model, self.optimizer, self.x, self.target)
 
 
-def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
+def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """Alternate the two models for several rounds and keep each one's best rate, so drift hits both.
 
     Also returns, under 'spread', half the interquartile range of the FCT/baseline ratio of each round
@@ -90,6 +134,8 @@ def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     subjects = [Subject(base_name, args), Subject(fct_name, args)]
+    if args.ops_only:
+        return {s.name: dict(params=s.params, ops=s.ops) for s in subjects}
     rates: Dict[str, Dict[str, List[float]]] = {s.name: dict(infer=[], train=[]) for s in subjects}
     for s in subjects:
         for _ in range(args.warmup):
@@ -99,7 +145,7 @@ def compare(fct_name: str, base_name: str, args: argparse.Namespace) -> Dict[str
         for s in subjects:
             for kind, step in (('infer', s.infer), ('train', s.train_step)):
                 rates[s.name][kind].append(args.batch_size * args.iters / timed(step, args.iters, sync))
-    best = {s.name: dict(params=s.params, gflops=s.gflops, **{k: max(v) for k, v in rates[s.name].items()})
+    best = {s.name: dict(params=s.params, gflops=s.gflops, ops=s.ops, **{k: max(v) for k, v in rates[s.name].items()})
             for s in subjects}
     best['spread'] = {}
     for kind in ('infer', 'train'):
@@ -118,6 +164,8 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=3, help='alternating rounds; the best round counts')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave as is)')
+    parser.add_argument('--ops-only', action='store_true',
+                        help='count operators only (no FLOPs, no timing), with the operators each FCT model adds')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,18 +177,34 @@ def main() -> None:
     for name in names:
         print(f'measuring {name} against {BASELINES[name]} ...', flush=True)
         results = compare(name, BASELINES[name], args)
-        fct, base, spread = results[name], results[BASELINES[name]], results['spread']
+        fct, base = results[name], results[BASELINES[name]]
+        ops, base_ops = sum(fct['ops'].values()), sum(base['ops'].values())
+        if args.ops_only:
+            added = sorted(((n - base['ops'].get(op, 0), op) for op, n in fct['ops'].items()), reverse=True)
+            rows.append(f"| {name} | {BASELINES[name]} | {ops} ({base_ops}) | {ops / base_ops:.3f} | "
+                        + ', '.join(f'{op.replace("aten::", "")} +{n}' for n, op in added if n > 0) + ' |')
+            continue
+        spread, flops = results['spread'], fct['gflops'] / base['gflops']
+        infer, train = fct['infer'] / base['infer'], fct['train'] / base['train']
         rows.append(
             f"| {name} | {BASELINES[name]} | {fct['params']:.2f} ({base['params']:.2f}) "
-            f"| {fct['gflops']:.3f} ({base['gflops']:.3f}) | {fct['gflops'] / base['gflops']:.3f} "
-            f"| {fct['infer']:.1f} ({base['infer']:.1f}) | {fct['infer'] / base['infer']:.2f} ±{spread['infer']:.2f} "
-            f"| {fct['train']:.1f} ({base['train']:.1f}) | {fct['train'] / base['train']:.2f} ±{spread['train']:.2f} |")
-    print(f'\ndevice: {args.device}, threads: {torch.get_num_threads()}, batch {args.batch_size}, '
-          f'best of {args.rounds} alternating rounds of {args.iters} steps after {args.warmup} warm-up, torch {torch.__version__}, timm {timm.__version__}\n')
-    print('(x: best rate over best rate; ±: half the interquartile range of the ratio round by round)\n')
-    print('| model | baseline | params M (base) | GFLOPs/img (base) | FLOPs x | infer img/s (base) | infer x '
-          '| train img/s (base) | train x |')
-    print('|---|---|---|---|---|---|---|---|---|')
+            f"| {fct['gflops']:.3f} ({base['gflops']:.3f}) | {flops:.3f} | {ops} ({base_ops}) | {ops / base_ops:.3f} "
+            f"| {fct['infer']:.1f} ({base['infer']:.1f}) | {infer:.2f} ±{spread['infer']:.2f} | {infer * flops:.2f} "
+            f"| {fct['train']:.1f} ({base['train']:.1f}) | {train:.2f} ±{spread['train']:.2f} | {train * flops:.2f} |")
+    print(f'\ndevice: {args.device}, threads: {torch.get_num_threads()}, batch {args.batch_size}, torch {torch.__version__}, '
+          f'timm {timm.__version__}; ops: compute operators dispatched per training step (forward, cross-entropy, '
+          f'backward; count_ops)\n')
+    if args.ops_only:
+        print('| model | baseline | ops/step (base) | ops x | operators added (count over the baseline\'s) |')
+        print('|---|---|---|---|---|')
+        print('\n'.join(rows))
+        return
+    print(f'best of {args.rounds} alternating rounds of {args.iters} steps after {args.warmup} warm-up. x: best rate '
+          f'over best rate; ±: half the interquartile range of the ratio round by round; x·F: the rate ratio times the '
+          f'FLOPs ratio, 1.0 where the FCT modules cost exactly their FLOPs at the baseline\'s rate\n')
+    print('| model | baseline | params M (base) | GFLOPs/img (base) | FLOPs x | ops/step (base) | ops x '
+          '| infer img/s (base) | infer x | infer x·F | train img/s (base) | train x | train x·F |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     print('\n'.join(rows))
 
 

@@ -149,9 +149,10 @@ def conv_same(
 
     On a 1x1 map only the kernel's centre tap meets the input, every other tap meets zero padding, so the
     convolution is the 1x1 convolution of the centre tap: the same numbers and the same gradients (zero for the
-    other taps), computed as what it is. A decision on the spatial size, never on the batch. It keeps the
-    pre-trained row's model at 32 px, whose last FCT module sees a 1x1 grid, away from the padded 3x3 backward
-    on a 1x1 map where inductor failed a stride assertion on an H200 (docs/benchmarks.md).
+    other taps), computed as what it is. A decision on the spatial size, never on the batch: the pre-trained
+    row's model at 32 px gives its last FCT module a 1x1 grid, and a padded 3x3 backward on a 1x1 map is where
+    inductor failed a stride assertion on an H200 (docs/benchmarks.md; there in a 512-channel weight, which is
+    the backbone's, not this module's).
     """
     k = weight.shape[-1]
     if x.shape[-2] == 1 and x.shape[-1] == 1:
