@@ -1,23 +1,24 @@
 """`python -m timm_fct.table1`: the whole Table 1 protocol on the digits at the tiniest settings, run again, interrupted, refused.
 
-One protocol run (two rows, two seeds, two epochs at 8 px, offline with an empty Hugging Face cache) is shared by
-the module; the interrupted run repeats one of its runs and must end equal.
+One protocol run (two rows, two seeds, two epochs at 8 px, offline with an empty Hugging Face cache) is made once
+per session and copied for each xdist worker; the interrupted run repeats one of its runs and must end equal.
 """
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from tests.support.helpers import REPO, run_offline, summary_rows, write_hub_cache
+from tests.support.runs import made_once
 from timm_fct.table1 import protocol
 from timm_fct.table1.table import RowResult, markdown, run_result
-from tests.support.helpers import REPO, run_offline, summary_rows, write_hub_cache
-
-pytestmark = pytest.mark.xdist_group('table1')  # one worker runs the module, so its shared protocol runs once
 
 ROWS = ('resnet50', 'fct_bn')
 TINY = ('--epochs', '2', '--img-size', '8')  # --img-size goes through to training unchanged
@@ -41,12 +42,16 @@ PROTOCOL_ARGS = ('--seeds', '2', '--rows', *ROWS, *TINY)
 
 
 @pytest.fixture(scope='module')
-def table1_run(tmp_path_factory: pytest.TempPathFactory):
-    """The protocol once."""
-    root = tmp_path_factory.mktemp('table1')
-    result = run_table1(root / 'out', *PROTOCOL_ARGS, hf_home=root / 'hf_home')
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root, result
+def table1_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
+    """The protocol once per session, copied into this worker's folder (the tests rerun into and compare it)."""
+    def make(folder: Path) -> None:
+        result = run_table1(folder / 'out', *PROTOCOL_ARGS, hf_home=folder / 'hf_home')
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (folder / 'stdout.txt').write_text(result.stdout)
+
+    root = tmp_path_factory.mktemp('table1') / 'copy'
+    shutil.copytree(made_once(tmp_path_factory, worker_id, 'table1_run', make), root)
+    return root, SimpleNamespace(stdout=(root / 'stdout.txt').read_text())
 
 
 def table(out: Path) -> dict:
