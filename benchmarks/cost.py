@@ -107,8 +107,10 @@ class Subject:
     def __init__(self, name: str, args: argparse.Namespace):
         device = torch.device(args.device)
         self.name = name
-        self.model = timm.create_model(name).to(device)
-        self.x = torch.randn(args.batch_size, *self.model.pretrained_cfg['input_size'], device=device)
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = timm.create_model(name).to(device, memory_format=memory_format)
+        self.x = torch.randn(args.batch_size, *self.model.pretrained_cfg['input_size'], device=device).contiguous(
+            memory_format=memory_format)
         self.target = torch.randint(0, self.model.num_classes, (args.batch_size,), device=device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3)
         self.params = sum(p.numel() for p in self.model.parameters()) / 1e6
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=3, help='alternating rounds; the best round counts')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave as is)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='models and inputs channels_last, as timm\'s --channels-last trains (the GPU recipe)')
     parser.add_argument('--ops-only', action='store_true',
                         help='count operators only (no FLOPs, no timing), with the operators each FCT model adds')
     args = parser.parse_args()
@@ -191,7 +195,9 @@ def main() -> None:
             f"| {fct['gflops']:.3f} ({base['gflops']:.3f}) | {flops:.3f} | {ops} ({base_ops}) | {ops / base_ops:.3f} "
             f"| {fct['infer']:.1f} ({base['infer']:.1f}) | {infer:.2f} ±{spread['infer']:.2f} | {infer * flops:.2f} "
             f"| {fct['train']:.1f} ({base['train']:.1f}) | {train:.2f} ±{spread['train']:.2f} | {train * flops:.2f} |")
-    print(f'\ndevice: {args.device}, threads: {torch.get_num_threads()}, batch {args.batch_size}, torch {torch.__version__}, '
+    layout = 'channels_last' if args.channels_last else 'NCHW'
+    print(f'\ndevice: {args.device}, threads: {torch.get_num_threads()}, batch {args.batch_size}, {layout}, '
+          f'torch {torch.__version__}, '
           f'timm {timm.__version__}; ops: compute operators dispatched per training step (forward, cross-entropy, '
           f'backward; count_ops)\n')
     if args.ops_only:

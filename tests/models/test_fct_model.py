@@ -10,6 +10,7 @@ from timm.layers import LayerNorm2d
 from timm.utils import AttentionExtract
 
 from timm_fct.models import ConvAttention, FctNet
+from timm_fct.models.fct import GroupedLayerNorm2d
 from tests.support.helpers import SMALL_MODEL, our_models
 from tests.support.upstream import contracts
 
@@ -44,15 +45,55 @@ def test_forward_intermediates_and_prune_timm_contracts(model_name):
     timm_tests.test_prune_intermediate_layers_contract(model_name)
 
 
-@pytest.mark.parametrize('model_name,norm_type', [('resnet18_fct_bn_cifar', nn.BatchNorm2d),
-                                                   ('resnet18_fct_ln_cifar', LayerNorm2d)])
-def test_norm_variant_sets_fct_norms_and_keeps_backbone_batchnorm(model_name, norm_type):
+@pytest.mark.parametrize('model_name,norm_type,kv_norm_type', [
+    ('resnet18_fct_bn_cifar', nn.BatchNorm2d, nn.BatchNorm2d),
+    ('resnet18_fct_ln_cifar', LayerNorm2d, GroupedLayerNorm2d),
+])
+def test_norm_variant_sets_fct_norms_and_keeps_backbone_batchnorm(model_name, norm_type, kv_norm_type):
     model = timm.create_model(model_name)
-    fct_norms = [m for n, m in model.fct.named_modules() if n.endswith('norm')]
-    assert len(fct_norms) == 3 * 4  # per module: Q, K, V projections and the pre-focus norm
-    assert all(type(m) is norm_type for m in fct_norms)
+    fct_norms = {n: m for n, m in model.fct.named_modules() if n.endswith('norm')}
+    assert len(fct_norms) == 3 * 3  # per module: Q's projection, K's and V's (stacked), the pre-focus norm
+    assert all(type(m) is (kv_norm_type if '.kv_conv.' in n else norm_type) for n, m in fct_norms.items())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
     assert not any(isinstance(m, LayerNorm2d) for m in model.backbone.modules())
+
+
+def test_grouped_layer_norm_normalises_each_run_of_channels_of_each_position_on_its_own():
+    """The LN variant's stacked K/V norm is timm's channel LayerNorm on K's channels and on V's, each with its
+    own affine weights: computed here with F.layer_norm on each half of a channels_last map."""
+    torch.manual_seed(0)
+    norm = GroupedLayerNorm2d(2 * 6, 2)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (3 * torch.randn(4, 12, 5, 7) + 2).contiguous(memory_format=torch.channels_last)
+    expected = torch.cat([
+        F.layer_norm(half.permute(0, 2, 3, 1), (6,), w, b, 1e-6).permute(0, 3, 1, 2)
+        for half, w, b in zip(x.chunk(2, 1), norm.weight.chunk(2), norm.bias.chunk(2))], dim=1)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('norm', ['bn', 'ln'])
+def test_stacked_k_and_v_projections_equal_two_separate_ones(norm):
+    """K and V share one depth-wise convolution, one norm and one grouped 1x1 convolution: the same numbers as
+    a depth-wise convolution, the variant's norm and a 1x1 convolution for each, from the same weights."""
+    torch.manual_seed(0)
+    attn = ConvAttention(8, 2, kv_stride=2, kv_min_grid=0, norm_layer=nn.BatchNorm2d if norm == 'bn' else LayerNorm2d)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_()
+    x = torch.randn(3, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    stacked = attn.kv(attn.kv_conv(x, 2))
+    conv_w, fc_w, fc_b = attn.kv_conv.conv.weight, attn.kv.weight, attn.kv.bias
+    norm_w, norm_b = attn.kv_conv.norm.weight, attn.kv_conv.norm.bias
+    for part, out in enumerate(stacked.chunk(2, 1)):
+        ch = slice(8 * part, 8 * (part + 1))
+        y = F.conv2d(x, conv_w[ch], None, 2, 1, 1, 8)
+        if norm == 'bn':
+            y = F.batch_norm(y, None, None, norm_w[ch], norm_b[ch], training=True, eps=1e-5)
+        else:
+            y = F.layer_norm(y.permute(0, 2, 3, 1), (8,), norm_w[ch], norm_b[ch], 1e-6).permute(0, 3, 1, 2)
+        torch.testing.assert_close(out, F.conv2d(y, fc_w[ch], fc_b[ch]), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('size', [(32, 32), (9, 9), (36, 36), (33, 47), (61, 20)])
@@ -127,7 +168,7 @@ def test_every_module_attends_over_at_least_16_keys_at_the_default_size(model_na
     model = timm.create_model(model_name).eval()
     keys = []
     for block in model.fct.values():
-        block.attn.k.register_forward_hook(lambda m, a, out: keys.append(out.shape[-2] * out.shape[-1]))
+        block.attn.kv.register_forward_hook(lambda m, a, out: keys.append(out.shape[-2] * out.shape[-1]))
     with torch.no_grad():
         model(torch.randn(1, 3, size, size))
     assert len(keys) == 3 and min(keys) >= 16, keys
@@ -210,7 +251,8 @@ def test_fct_layers_use_the_papers_kaiming_normal_init():
     block = timm.create_model('resnet50_fct_bn_cifar').fct['0']
     cases = [
         (block.patch_embed.weight, math.sqrt(2.0 / (256 * 3 * 3))),  # 96 x 256 x 3 x 3
-        (block.attn.k_conv.conv.weight, math.sqrt(2.0 / (1 * 3 * 3))),  # depth-wise: 96 x 1 x 3 x 3
+        (block.attn.kv_conv.conv.weight, math.sqrt(2.0 / (1 * 3 * 3))),  # depth-wise: 192 x 1 x 3 x 3
+        (block.attn.kv.weight, math.sqrt(2.0 / 96)),  # K's and V's: 192 x 96 x 1 x 1
         (block.attn.q.weight, math.sqrt(2.0 / 96)),
         (block.focus.conv.weight, math.sqrt(2.0 / (96 * 3 * 3))),
         (block.global_proj.weight, math.sqrt(1.0 / 2048)),  # 256 x 2048

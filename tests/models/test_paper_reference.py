@@ -91,6 +91,18 @@ def ref_mhsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) 
     return torch.cat(heads, dim=1)  # CONCAT(head_1, ..., head_n)
 
 
+def separate_k_and_v(w: Weights) -> Weights:
+    """The model stores K's and V's weights stacked along channels, K's first (`attn.kv_conv.*`, `attn.kv.*`);
+    the reference reads them apart, as `attn.k_conv.*`, `attn.v_conv.*`, `attn.k.*`, `attn.v.*`."""
+    out = dict(w)
+    for name, value in w.items():
+        for stacked, k_name, v_name in (('.attn.kv_conv.', '.attn.k_conv.', '.attn.v_conv.'),
+                                        ('.attn.kv.', '.attn.k.', '.attn.v.')):
+            if stacked in name and value.dim():
+                out[name.replace(stacked, k_name)], out[name.replace(stacked, v_name)] = value.chunk(2)
+    return out
+
+
 def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind: str,
             num_heads: int = NUM_HEADS) -> torch.Tensor:
     """One FCT module, eqs. 7-9, from a tapped map z_hat and the global descriptor g."""
@@ -104,6 +116,8 @@ def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind:
     kv_stride = ref_kv_stride(grid_h, grid_w)
 
     # eq. 8: Q, K, V = W(N(CONVPROJ(z))), CONVPROJ a depth-wise 3x3 convolution
+    w = separate_k_and_v(w)
+
     def qkv(name: str, stride: int) -> torch.Tensor:
         y = F.conv2d(z, w[f'{prefix}.attn.{name}_conv.conv.weight'], None, stride=stride, padding=1, groups=C)
         y = ref_norm(y, w, f'{prefix}.attn.{name}_conv.norm', kind)

@@ -3,7 +3,8 @@
 tests/models/fct_head_saved.safetensors holds, for a small model of each norm, the state dict, an input, and
 what the code of commit b76b77d (before the fusion) gave for it: eval logits, train-mode logits, the FCT
 parameters' gradients of a fixed loss on them, and the FCT norms' running statistics after that forward.
-The current code loads the old state dict strictly (same keys and shapes) and must give the same numbers.
+That code kept K's and V's weights apart; the current code stacks them (`attn.kv_conv`, `attn.kv`), loads the
+old state dict through checkpoint_filter_fn and must give the same numbers.
 `python -m tests.test_saved_head --write` rewrites the file from the code as it is, for a deliberate change
 of the model's function only.
 """
@@ -25,10 +26,13 @@ NORMS = ('bn', 'ln')
 ATOL = RTOL = 1e-5
 
 
+# resnet18_cifar with one block a stage, 8-32 channels, and 16-wide two-head FCT modules
+SMALL_MODEL_KWARGS = dict(backbone='resnet18_cifar', num_classes=10, embed_dim=16, num_heads=2,
+                          backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32)))
+
+
 def small_model(norm: str) -> torch.nn.Module:
-    """resnet18_cifar with one block a stage, 8-32 channels, and 16-wide two-head FCT modules."""
-    return timm.create_model(f'fct_{norm}', backbone='resnet18_cifar', num_classes=10, embed_dim=16, num_heads=2,
-                             backbone_kwargs=dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32)))
+    return timm.create_model(f'fct_{norm}', **SMALL_MODEL_KWARGS)
 
 
 def randomized(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,19 +81,44 @@ def part(saved: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]
     return {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
 
 
+def unstacked(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The stacked K/V tensors (`attn.kv_conv.*`, `attn.kv.*`: K's channels, then V's) under the separate names
+    the reference file's code used (`attn.k_conv.*`, `attn.v_conv.*`, `attn.k.*`, `attn.v.*`)."""
+    out = {}
+    for name, value in tensors.items():
+        for stacked, k_name, v_name in (('.attn.kv_conv.', '.attn.k_conv.', '.attn.v_conv.'),
+                                        ('.attn.kv.', '.attn.k.', '.attn.v.')):
+            if stacked in name:
+                k, v = (value, value) if value.dim() == 0 else value.chunk(2)
+                out[name.replace(stacked, k_name)], out[name.replace(stacked, v_name)] = k, v
+                break
+        else:
+            out[name] = value
+    return out
+
+
 @pytest.mark.parametrize('norm', NORMS)
-def test_model_saved_before_the_fusion_loads_and_gives_the_same_logits_and_gradients(norm):
+def test_model_saved_before_the_fusion_loads_and_gives_the_same_logits_and_gradients(norm, tmp_path):
+    """The old checkpoint (K and V separate) loads as a user loads weights, through timm's pretrained path and
+    checkpoint_filter_fn, into the model whose K and V are stacked."""
     saved = load_file(str(FIXTURE))
-    model = small_model(norm)
     state = part(saved, f'{norm}.state.')
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    save_file(state, str(tmp_path / 'old.safetensors'))
+    overlay = dict(file=str(tmp_path / 'old.safetensors'), num_classes=10)
+    model = timm.create_model(f'fct_{norm}', pretrained=True, pretrained_cfg_overlay=overlay, **SMALL_MODEL_KWARGS)
+    assert {k: tuple(v.shape) for k, v in unstacked(model.state_dict()).items()} == {
+        k: tuple(v.shape) for k, v in state.items()}
     expected = {k: v for k, v in part(saved, f'{norm}.').items() if not k.startswith('state.')}
-    # how the patch embedding adds P(g) depends on the tap's size (embed_with_global), never the batch: one image
-    # alone gives its row of the batch's logits (first, since the train-mode forward moves BatchNorm's statistics)
+    # the model's decisions read the tap's height and width, never the batch: one image alone gives its row
+    # of the batch's logits (first, since the train-mode forward moves BatchNorm's statistics)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(saved['x'][:1]), expected['logits_eval'][:1], atol=ATOL, rtol=RTOL)
-    actual = outputs(model, saved['x'], saved['probe'])
+    # and through load_state_dict itself, as --resume, run folders and torch.hub load weights
+    direct = small_model(norm)
+    direct.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(direct.eval()(saved['x']), expected['logits_eval'], atol=ATOL, rtol=RTOL)
+    actual = unstacked(outputs(model, saved['x'], saved['probe']))
     assert actual.keys() == expected.keys()
     for name, value in actual.items():
         torch.testing.assert_close(value, expected[name], atol=ATOL, rtol=RTOL, msg=lambda m: f'{name}: {m}')

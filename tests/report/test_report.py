@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pytest
@@ -243,9 +243,10 @@ def test_gradcam_targets_what_the_classifier_reads():
     assert maps.gradcam_target_layers(resnet) == [resnet.layer4]
 
 
-def forward_recording(model: nn.Module, x: torch.Tensor, names: str = 'qkv') -> List[Dict[str, torch.Tensor]]:
-    """One forward pass; per FCT module, the outputs of its attention's named layers and the input of its
-    output projection ('sdpa': what scaled_dot_product_attention returned, heads concatenated)."""
+def forward_recording(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> List[Dict[str, torch.Tensor]]:
+    """One forward pass; per FCT module, the outputs of its attention's named layers ('kv': K's channels, then
+    V's) and the input of its output projection ('sdpa': what scaled_dot_product_attention returned, heads
+    concatenated)."""
     seen: List[Dict[str, torch.Tensor]] = [{} for _ in model.fct_indices]
     hooks = []
     for record, block in zip(seen, fct_modules(model)):
@@ -267,13 +268,13 @@ def test_attention_maps_have_each_taps_kv_shape(height, width):
     torch.manual_seed(0)
     model = timm.create_model(SMALL_MODEL, num_classes=10).eval()
     x = torch.randn(2, 3, height, width)
-    applied = forward_recording(model, x, names='v')
+    applied = forward_recording(model, x, names=['kv'])
     attention, outputs = maps.fct_tap_maps(model, x)
     assert len(attention) == len(outputs) == len(model.fct_indices)
     strided = 0
     for info, record, attn, out in zip(model.feature_info, applied, attention, outputs):
         tap_grid = (-(-height // info['reduction']), -(-width // info['reduction']))  # FCT output of this tap
-        kv_grid = tuple(record['v'].shape[-2:])
+        kv_grid = tuple(record['kv'].shape[-2:])
         strided += kv_grid != tap_grid
         assert out.shape == (2, *tap_grid)
         assert attn.shape == (2, *kv_grid)
@@ -288,11 +289,11 @@ def test_attention_weights_are_those_the_model_applies():
     x = torch.randn(2, 3, 32, 32)
     extracted = maps.attention_weights(model, x)
     assert all(block.attn.fused_attn for block in fct_modules(model))  # extraction only: the model runs fused
-    for block, (weights, kv_grid), seen in zip(fct_modules(model), extracted, forward_recording(model, x, 'v')):
-        assert kv_grid == seen['v'].shape[-2:]
+    for block, (weights, kv_grid), seen in zip(fct_modules(model), extracted, forward_recording(model, x, ['kv'])):
+        assert kv_grid == seen['kv'].shape[-2:]
         B, C, H, W = seen['sdpa'].shape
         heads = block.attn.num_heads  # head h holds channels h*C/heads .. (h+1)*C/heads, tokens row-major
-        v = seen['v'].reshape(B, heads, C // heads, -1).transpose(-1, -2)
+        v = seen['kv'][:, C:].reshape(B, heads, C // heads, -1).transpose(-1, -2)  # V's channels follow K's
         assert torch.allclose((weights @ v).transpose(-1, -2).reshape(B, C, H, W), seen['sdpa'], atol=1e-5)
 
 

@@ -67,8 +67,8 @@ def test_strided_depthwise_convolution_computes_in_float32_under_cpu_bf16_autoca
 
 @pytest.mark.filterwarnings(SINGLE_KEY)
 def test_strided_k_and_v_projections_run_in_float32_and_the_rest_in_bf16_under_cpu_autocast():
-    """kv_min_grid=0 strides K/V on every FCT grid, 4x4, 2x2 and 1x1 at 8 px: their depth-wise convolutions
-    (and norms) give float32, while Q's unstrided one, like the rest of the model, stays in bf16."""
+    """kv_min_grid=0 strides K/V on every FCT grid, 4x4, 2x2 and 1x1 at 8 px: their (stacked) depth-wise
+    convolution and norm give float32, while Q's unstrided one, like the rest of the model, stays in bf16."""
     torch.manual_seed(0)
     model = tiny_model(kv_min_grid=0).train().to(memory_format=torch.channels_last)
     seen = {}
@@ -79,7 +79,7 @@ def test_strided_k_and_v_projections_run_in_float32_and_the_rest_in_bf16_under_c
         return hook
 
     for name, module in model.named_modules():
-        if name.endswith(('.q_conv', '.k_conv', '.v_conv')):
+        if name.endswith(('.q_conv', '.kv_conv')):
             module.register_forward_hook(record(name))
     x = torch.randn(8, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.autocast('cpu', dtype=torch.bfloat16):

@@ -175,36 +175,6 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.
     return conv_same(x, weight, None, stride, weight.shape[0])
 
 
-@register_notrace_function
-def embed_with_global(
-        x: torch.Tensor,
-        c: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        stride: List[int],
-        padding: List[int],
-        max_sum_positions: int = 512,
-) -> torch.Tensor:
-    """PATCHEMBED(x + c) of eq. 7, c = P(g) of shape (B, C) broadcast over the tap x, without the sum on large taps.
-
-    The convolution is linear, so on a tap of more than max_sum_positions positions the embedding of the
-    broadcast c is added to the tap's own embedding instead: at each output position, the sum over the kernel
-    taps that fall inside the map (zero padding elsewhere) of W[:, :, tap] c. On a CPU the convolution of the
-    fresh (B, C, H, W) sum of a large tap ran up to 2x slower than that of the tap itself (56x56 and 28x28 taps
-    at batch 16), while on small taps the sum is the cheaper way (docs/decisions.md). The choice reads the tap's
-    height and width only: a decision on the batch size is a guard that stops torch.export with a dynamic batch.
-    """
-    if x.shape[-2] * x.shape[-1] <= max_sum_positions:
-        return F.conv2d(x + c[:, :, None, None], weight, bias, stride, padding)
-    B, O, C, kh, kw = x.shape[0], weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
-    per_tap = torch.matmul(c, weight.reshape(O, C, kh * kw)).transpose(0, 1)  # (B, O, k^2), no copy of the weight
-    # (k^2, H', W'): 1 where kernel tap t of output position (i, j) falls inside the map, 0 in the padding
-    taps = torch.eye(kh * kw, dtype=x.dtype, device=x.device).reshape(kh * kw, 1, kh, kw)
-    inside = F.conv2d(x.new_ones(1, 1, x.shape[-2], x.shape[-1]), taps, None, stride, padding)[0]
-    term = torch.matmul(per_tap, inside.reshape(kh * kw, -1))
-    return F.conv2d(x, weight, bias, stride, padding) + term.reshape(B, O, inside.shape[-2], inside.shape[-1])
-
-
 def _strided_like_its_gradient(conv: nn.Conv2d) -> nn.Conv2d:
     """`conv` with its weight given channels_last strides, those of the gradient a channels_last input gives it.
 
@@ -221,16 +191,74 @@ def _strided_like_its_gradient(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-class ConvProjection(nn.Module):
-    """CONVPROJ then N: a depth-wise 3x3 convolution (strided for K and V on large grids) and the variant's norm."""
+def _stacked(x: torch.Tensor, parts: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, parts * C, H, W): `parts` copies of x along channels, channels_last.
 
-    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module], device=None, dtype=None):
+    One copy feeds one depth-wise convolution for several projections; its backward is one sum. Written on
+    the NHWC view so that the result is channels_last (torch.cat of channels_last maps would be too, but its
+    backward adds the parts' gradients one by one).
+    """
+    B, C, H, W = x.shape
+    nhwc = x.permute(0, 2, 3, 1).unsqueeze(3).expand(B, H, W, parts, C)
+    return nhwc.reshape(B, H, W, parts * C).permute(0, 3, 1, 2)
+
+
+class GroupedLayerNorm2d(nn.Module):
+    """timm's LayerNorm2d applied to each of `groups` runs of channels: the channel LayerNorm of K and of V
+    stacked into one kernel.
+
+    The channels of one position and one run are normalised together, which is GroupNorm with one group per
+    run over the (B * H * W, C) view of the map (each position a sample, no spatial extent).
+    """
+
+    def __init__(self, num_channels: int, groups: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        if num_channels % groups:
+            raise ValueError(f'num_channels ({num_channels}) must be divisible by groups ({groups})')
+        self.groups = groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        y = F.group_norm(x.permute(0, 2, 3, 1).reshape(B * H * W, C), self.groups, self.weight, self.bias, self.eps)
+        return y.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def stacked_norm(norm_layer: Callable[..., nn.Module], dim: int, parts: int, **kwargs: Any) -> nn.Module:
+    """`parts` norms of `dim` channels, stacked along channels as one module: one kernel for K and V.
+
+    BatchNorm is per channel, so the stacked norm is BatchNorm over all the channels; the channel LayerNorm
+    normalises each part's channels of a position on their own (GroupedLayerNorm2d).
+    """
+    if parts == 1 or norm_layer is nn.BatchNorm2d:
+        return norm_layer(dim * parts, **kwargs)
+    if norm_layer is LayerNorm2d:
+        return GroupedLayerNorm2d(dim * parts, parts, **kwargs)
+    raise ValueError(f'no stacked form of {norm_layer} for {parts} parts; expected nn.BatchNorm2d or LayerNorm2d')
+
+
+class ConvProjection(nn.Module):
+    """CONVPROJ then N (eq. 6) for `parts` of Q, K and V that share a stride, stacked along channels.
+
+    One depth-wise 3x3 convolution over `parts` copies of the map and one norm of the stacked channels do for
+    K and V together what two convolutions and two norms did (parts=2); Q, computed at the map's own grid while
+    K and V may be strided, is a projection of its own (parts=1). The output holds the parts one after the
+    other along channels, each normalised as its own norm would.
+    """
+
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module], parts: int = 1, device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.conv = _strided_like_its_gradient(nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd))
-        self.norm = norm_layer(dim, **dd)
+        self.parts = parts
+        chs = dim * parts
+        self.conv = _strided_like_its_gradient(nn.Conv2d(chs, chs, 3, padding=1, groups=chs, bias=False, **dd))
+        self.norm = stacked_norm(norm_layer, dim, parts, **dd)
 
     def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        if self.parts > 1:
+            x = _stacked(x, self.parts)
         return self.norm(depthwise_conv(x, self.conv.weight, stride))
 
 
@@ -268,20 +296,21 @@ class ConvAttention(nn.Module):
         self.kv_stride = kv_stride
         self.kv_min_grid = kv_min_grid
         self.q_conv = ConvProjection(dim, norm_layer, **dd)
-        self.k_conv = ConvProjection(dim, norm_layer, **dd)
-        self.v_conv = ConvProjection(dim, norm_layer, **dd)
+        self.kv_conv = ConvProjection(dim, norm_layer, parts=2, **dd)  # K's channels, then V's
         self.q = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))  # W_Q of eq. 2, a 1x1 convolution
-        self.k = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))  # W_K
-        self.v = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))  # W_V
+        # W_K and W_V as one 1x1 convolution of two groups: K's channels to K, V's to V
+        self.kv = _strided_like_its_gradient(nn.Conv2d(2 * dim, 2 * dim, 1, groups=2, **dd))
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = _strided_like_its_gradient(nn.Conv2d(dim, dim, 1, **dd))
+        # a state dict saved with K and V apart loads through any path (resume, load_state_dict, torch.hub)
+        self.register_load_state_dict_pre_hook(_load_separate_kv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2], x.shape[-1]
         stride = kv_stride_for(x, self.kv_stride, self.kv_min_grid)
         q = _to_tokens(self.q(self.q_conv(x)), self.num_heads)
-        k = _to_tokens(self.k(self.k_conv(x, stride)), self.num_heads)
-        v = _to_tokens(self.v(self.v_conv(x, stride)), self.num_heads)
+        k, v = self.kv(self.kv_conv(x, stride)).chunk(2, dim=1)
+        k, v = _to_tokens(k, self.num_heads), _to_tokens(v, self.num_heads)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
         else:
@@ -290,6 +319,10 @@ class ConvAttention(nn.Module):
             attn = self.attn_drop(attn)
             x = attn @ v
         return self.proj(_from_tokens(x, H, W))
+
+
+def _load_separate_kv(module: nn.Module, state_dict: Dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    stack_kv(state_dict, prefix)
 
 
 class FocusLayer(nn.Module):
@@ -333,11 +366,14 @@ class FctBlock(nn.Module):
         self.focus = FocusLayer(embed_dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, g: torch.Tensor, g_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The tap x, the global descriptor g; g_proj, if given, is P(g) as computed by the caller (FctNet
+        projects g for all its modules in one matrix product)."""
+        if g_proj is None:
+            g_proj = self.global_proj(g)
         # eq. 7; the rest runs channels_last, where the depth-wise and 1x1 convolutions are faster on a CPU
         # and the heads are views of the Q, K and V maps (a copy of the small embedded map buys both)
-        embed = self.patch_embed
-        z = embed_with_global(x, self.global_proj(g), embed.weight, embed.bias, embed.stride, embed.padding)
+        z = self.patch_embed(x + g_proj[:, :, None, None])
         z = z.contiguous(memory_format=torch.channels_last)
         z = z + self.drop_path(self.attn(z))  # eq. 8
         z = z + self.drop_path(self.focus(self.norm(z)))  # eq. 9
@@ -521,14 +557,26 @@ class FctNet(nn.Module):
         feats = [levels[i].permute(0, 3, 1, 2) if self.backbone_nhwc else levels[i] for i in self.read_levels]
         check_feature_maps(feats, self.level_chs, self.backbone_name)
         g = feats[-1].mean((2, 3))  # global image descriptor: the pooled last level
+        # P_l(g) of every module at `indices` as one matrix product of their stacked weights: one kernel, where
+        # each module's own linear would be one (and one more for each gradient) per module
+        taps: List[int] = []
+        weights: List[torch.Tensor] = []
+        biases: List[torch.Tensor] = []
+        for key, block in self.fct.items():
+            if int(key) in indices:
+                taps.append(int(key))
+                weights.append(block.global_proj.weight)
+                biases.append(block.global_proj.bias)
+        g_projs = F.linear(g, torch.cat(weights), torch.cat(biases)).split([w.shape[0] for w in weights], dim=1)
         outs: List[torch.Tensor] = []
         for key, block in self.fct.items():
             i = int(key)
             if i in indices:
+                g_proj = g_projs[taps.index(i)]
                 if self.grad_checkpointing and not torch.jit.is_scripting():
-                    outs.append(checkpoint(block, feats[i], g))
+                    outs.append(checkpoint(block, feats[i], g, g_proj))
                 else:
-                    outs.append(block(feats[i], g))
+                    outs.append(block(feats[i], g, g_proj))
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -638,8 +686,37 @@ def _init_classifier(fc: nn.Module) -> None:
             nn.init.zeros_(fc.bias)
 
 
+# the separate K and V weights of checkpoints saved before they were stacked, and where they go (K's channels first)
+_KV_SEPARATE = (('k_conv.', 'v_conv.', 'kv_conv.'), ('k.', 'v.', 'kv.'))
+
+
+def stack_kv(state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+    """In place: one FCT module's separate K and V weights (`{prefix}k_conv.*`, `v_conv.*`, `k.*`, `v.*`, as saved
+    before they were stacked; prefix ends in `attn.`) as the stacked `{prefix}kv_conv.*` and `kv.*`. The
+    BatchNorm's batch counter is one number for both (K's and V's count the same batches): K's is kept."""
+    for k_part, v_part, stacked in _KV_SEPARATE:
+        for key in [k for k in state_dict if k.startswith(prefix + k_part)]:
+            name = key[len(prefix + k_part):]
+            v_key = prefix + v_part + name
+            if v_key not in state_dict:
+                raise RuntimeError(f'the checkpoint has {key} but not {v_key}: K and V weights come in pairs')
+            k_value, v_value = state_dict.pop(key), state_dict.pop(v_key)
+            state_dict[prefix + stacked + name] = k_value if k_value.dim() == 0 else torch.cat([k_value, v_value])
+
+
+def stack_kv_weights(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """An FctNet checkpoint with every module's K and V weights stacked (`stack_kv`); one already stacked comes
+    back as it is."""
+    out = dict(state_dict)
+    for prefix in {k[:k.index('.attn.k_conv.')] + '.attn.' for k in state_dict
+                   if k.startswith('fct.') and '.attn.k_conv.' in k}:
+        stack_kv(out, prefix)
+    return out
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> Dict[str, torch.Tensor]:
-    """Accept FctNet checkpoints as they are, and the plain backbone's own as backbone-only weights.
+    """Accept FctNet checkpoints, those with separate K and V weights too, and the plain backbone's own as
+    backbone-only weights.
 
     A plain checkpoint's keys go under timm's features_only names (stem.0 -> backbone.stem_0), its
     classifier is dropped, and the FCT modules and head keep their fresh initialisation. Every weight
@@ -647,7 +724,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> 
     from the checkpoint's, so a missing key is caught here.
     """
     if any(k.startswith('fct.') for k in state_dict):
-        out = dict(state_dict)
+        out = stack_kv_weights(state_dict)
     else:
         backbone_keys = set(model.backbone.state_dict())
         renamed = {features_key(k, backbone_keys): v for k, v in state_dict.items()}

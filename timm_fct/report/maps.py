@@ -67,10 +67,10 @@ def attention_weights(model: FctNet, images: torch.Tensor) -> List[Tuple[torch.T
     """Per FCT module, in tap order: softmax(QK^T / sqrt(d)), (B, heads, Nq, Nk), and the K/V grid (H', W').
 
     timm's AttentionExtract traces the model (in eval mode) on the explicit path, since the fused
-    scaled_dot_product_attention the model runs never materialises the weights; V's output gives the
-    grid the keys lie on, strided or not.
+    scaled_dot_product_attention the model runs never materialises the weights; the K/V projection's output
+    (K's and V's channels stacked) gives the grid the keys lie on, strided or not.
     """
-    names = [(softmax, softmax.replace('.softmax', '.v')) for softmax in model.attention_names().values()]
+    names = [(softmax, softmax.replace('.softmax', '.kv')) for softmax in model.attention_names().values()]
     with model.explicit_attention():
         extracted = AttentionExtract(model, names=[n for pair in names for n in pair])(images)
     return [(extracted[weights], extracted[v].shape[-2:]) for weights, v in names]
