@@ -7,9 +7,14 @@ ResNet-50's in the same setting. Then times one epoch of CIFAR-shaped data throu
 pipelines (benchmarks/pipeline.py). Prints one Markdown table; writes JSON after every measurement (whole
 or not at all), so a run cut short still leaves what it measured. A setting that fails (out of memory, a
 compile error) is recorded with its error and the run goes on; settings not started within
---time-budget seconds are recorded as skipped.
+--time-budget seconds are recorded as skipped. With --profile-batch-size, each model's training step is then
+profiled (torch.profiler; CUDA kernels on a GPU, aten operators on a CPU): time and launches per step and the
+top kernels, so that an FCT step's extra kernels can be read beside the baseline's.
 
     python benchmarks/gpu.py --out gpu.json           # one datacenter GPU, under 5 minutes
+    python benchmarks/gpu.py --models resnet50 fct_bn --batch-sizes 128 --combos bf16+channels_last+compile \
+        --compile-mode reduce-overhead --profile-batch-size 128 --pipeline-images 0 --out graphs.json
+                                                      # CUDA graphs, and each model's top kernels beside the baseline's
     python benchmarks/gpu.py --device cpu --batch-sizes 2 --warmup 1 --steps 1 --combos fp32 channels_last \\
         --pipeline-images 512 --workers 0 --out cpu.json   # seconds: what tests/test_gpu_benchmark.py runs
 """
@@ -26,6 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import torch
 import yaml
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 import timm_fct  # noqa: F401  registers the models
 from timm_fct.runs.files import replace_when_done
@@ -46,6 +53,7 @@ DEFAULT_COMBOS = (FP32, 'bf16', 'channels_last', 'bf16+channels_last', 'bf16+cha
 TRAINING_FIELDS = ('row', 'model', 'batch_size', 'combo', *FACTORS, 'status', 'error', 'img_per_s', 'step_ms',
                    'peak_mem_gib', 'first_step_s', 'vs_baseline')
 PIPELINE_FIELDS = ('data', 'pipeline', 'batch_size', 'img_per_s', 'vs_pil')
+PROFILE_FIELDS = ('row', 'model', 'batch_size', 'combo', 'events', 'ms_per_step', 'launches_per_step', 'top')
 
 
 def row_model(row: str) -> str:
@@ -84,6 +92,7 @@ class Results:
             out.parent.mkdir(parents=True, exist_ok=True)
         self.training: List[Dict[str, Any]] = []
         self.pipeline: List[Dict[str, Any]] = []
+        self.profiles: List[Dict[str, Any]] = []
 
     def add_training(self, record: Dict[str, Any]) -> None:
         self.training.append(record)
@@ -102,7 +111,7 @@ class Results:
         self.meta.update(finished=finished, elapsed_s=self.elapsed())
         if self.out is None:
             return
-        data = dict(meta=self.meta, training=self.with_ratios(), pipeline=self.pipeline)
+        data = dict(meta=self.meta, training=self.with_ratios(), pipeline=self.pipeline, profiles=self.profiles)
         with replace_when_done(self.out) as tmp:
             tmp.write_text(json.dumps(data, indent=1) + '\n')
 
@@ -114,11 +123,10 @@ def sync_for(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 
 
-def measure_training(model: torch.nn.Module, forward: Callable, batch_size: int, factors: Dict[str, bool],
-                     args: argparse.Namespace) -> Dict[str, Any]:
-    """Warm-up steps (the first one timed on its own: it includes any compilation), then timed steps."""
+def training_step(model: torch.nn.Module, forward: Callable, batch_size: int, factors: Dict[str, bool],
+                  args: argparse.Namespace) -> Callable[[], None]:
+    """One training step of `forward` (the model or its compiled form) on a fixed random batch, in `factors`."""
     device = torch.device(args.device)
-    sync = sync_for(device)
     layout = torch.channels_last if factors['channels_last'] else torch.contiguous_format
     model.to(memory_format=layout).train()
     x = torch.randn(batch_size, 3, IMG_SIZE, IMG_SIZE, device=device).contiguous(memory_format=layout)
@@ -127,12 +135,20 @@ def measure_training(model: torch.nn.Module, forward: Callable, batch_size: int,
     target = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     amp_dtype = torch.bfloat16 if factors['bf16'] else None
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
         train_step(forward, optimizer, x, target, amp_dtype)
+    return step
 
+
+def measure_training(model: torch.nn.Module, forward: Callable, batch_size: int, factors: Dict[str, bool],
+                     args: argparse.Namespace) -> Dict[str, Any]:
+    """Warm-up steps (the first one timed on its own: it includes any compilation), then timed steps."""
+    device = torch.device(args.device)
+    sync = sync_for(device)
+    step = training_step(model, forward, batch_size, factors, args)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
     first = timed(step, 1, sync)
     if args.warmup > 1:
         timed(step, args.warmup - 1, sync)
@@ -142,10 +158,59 @@ def measure_training(model: torch.nn.Module, forward: Callable, batch_size: int,
                 peak_mem_gib=peak, first_step_s=first)
 
 
+def profile_training(model: torch.nn.Module, forward: Callable, batch_size: int, factors: Dict[str, bool],
+                     args: argparse.Namespace) -> Dict[str, Any]:
+    """--profile-steps training steps under torch.profiler after --warmup untimed ones: device time and launches
+    per step, and the --top events by time. On a GPU the events are CUDA kernels (self device time), on a CPU
+    aten operators (self CPU time), the closest a CPU has to kernels."""
+    device = torch.device(args.device)
+    sync = sync_for(device)
+    step = training_step(model, forward, batch_size, factors, args)
+    timed(step, args.warmup, sync)
+    cuda = device.type == 'cuda'
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        timed(step, args.profile_steps, sync)
+    if cuda:
+        events = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
+                  if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    else:
+        events = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages() if e.key.startswith('aten::')]
+    n = args.profile_steps
+    total_us = sum(us for _, _, us in events)
+    top = sorted(events, key=lambda e: -e[2])[:args.top]
+    return dict(events='CUDA kernels' if cuda else 'aten operators (CPU)', ms_per_step=total_us / 1e3 / n,
+                launches_per_step=sum(count for _, count, _ in events) / n,
+                top=[dict(name=name, calls_per_step=count / n, ms_per_step=us / 1e3 / n, share=us / total_us)
+                     for name, count, us in top])
+
+
 def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
+
+
+def compiled(model: torch.nn.Module, args: argparse.Namespace) -> Callable:
+    """torch.compile in --compile-mode ('reduce-overhead': CUDA graphs, one launch for a step's kernels)."""
+    return torch.compile(model, mode=None if args.compile_mode == 'default' else args.compile_mode)
+
+
+def run_profiles(args: argparse.Namespace, results: Results) -> None:
+    """Each model's training step at --profile-batch-size in --profile-combo, profiled (profile_training)."""
+    device = torch.device(args.device)
+    factors = parse_combo(args.profile_combo)
+    for row in args.models:
+        torch._dynamo.reset()
+        model = create_row_model(row).to(device)
+        forward = compiled(model, args) if factors['compile'] else model
+        record = dict(row=row, model=row_model(row), batch_size=args.profile_batch_size, combo=args.profile_combo)
+        print(f'[{results.elapsed():6.1f} s] profiling {record["model"]} batch {args.profile_batch_size} '
+              f'{args.profile_combo} ...', flush=True)
+        record.update(profile_training(model, forward, args.profile_batch_size, factors, args))
+        results.profiles.append({k: record[k] for k in PROFILE_FIELDS})
+        results.write()
+        del model, forward
+        free_memory(device)
 
 
 def run_training(args: argparse.Namespace, results: Results) -> None:
@@ -159,7 +224,7 @@ def run_training(args: argparse.Namespace, results: Results) -> None:
             forward = model
             if factors['compile']:
                 torch._dynamo.reset()
-                forward = torch.compile(model)
+                forward = compiled(model, args)
             for batch_size in sorted(args.batch_sizes):
                 record = dict.fromkeys(TRAINING_FIELDS)
                 record.update(row=row, model=row_model(row), batch_size=batch_size, combo=combo, **factors,
@@ -217,6 +282,18 @@ def table(results: Results) -> str:
     return '\n'.join(lines)
 
 
+def profile_table(results: Results) -> str:
+    """Per profiled model: time and launches per step, then its top events, each with its share of the step."""
+    lines = ['| model | batch | setting | events | ms/step | launches/step | top events: ms/step (calls/step, share) |',
+             '|---|---|---|---|---|---|---|']
+    for r in results.profiles:
+        top = '; '.join(f'{e["name"][:60]} {e["ms_per_step"]:.2f} ({e["calls_per_step"]:g}, {e["share"]:.0%})'
+                        for e in r['top'])
+        lines.append(f'| {r["model"]} | {r["batch_size"]} | {r["combo"]} | {r["events"]} | {r["ms_per_step"]:.2f} '
+                     f'| {r["launches_per_step"]:g} | {top.replace("|", "/")} |')
+    return '\n'.join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda')
@@ -228,11 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
                              f'(default: {" ".join(DEFAULT_COMBOS)})')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps, the first includes compilation')
     parser.add_argument('--steps', type=int, default=10, help='timed steps')
-    parser.add_argument('--pipeline-images', type=int, default=50000, help='CIFAR-shaped images, one epoch')
+    parser.add_argument('--pipeline-images', type=int, default=50000, help='CIFAR-shaped images, one epoch (0: none)')
     parser.add_argument('--pipeline-batch-size', type=int, default=128)
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 8], help='DataLoader workers of the PIL pipeline')
     parser.add_argument('--time-budget', type=float, default=240,
                         help='seconds from the start: training settings not started by then are skipped')
+    parser.add_argument('--compile-mode', default='default',
+                        choices=['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'],
+                        help="torch.compile's mode for the compile factor (reduce-overhead: CUDA graphs)")
+    parser.add_argument('--profile-batch-size', type=int,
+                        help='profile each model\'s training step at this batch size (default: no profile)')
+    parser.add_argument('--profile-combo', type=combo_arg, default='bf16+channels_last',
+                        help='the setting profiled (default: bf16+channels_last)')
+    parser.add_argument('--profile-steps', type=int, default=3, help='profiled steps, after --warmup untimed ones')
+    parser.add_argument('--top', type=int, default=12, help='events listed per profiled model')
     parser.add_argument('--out', type=Path, help='JSON file, rewritten after every measurement')
     return parser
 
@@ -240,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error('--warmup and --steps take 1 or more')
+    if args.warmup < 1 or args.steps < 1 or args.profile_steps < 1 or args.top < 1:
+        parser.error('--warmup, --steps, --profile-steps and --top take 1 or more')
+    if args.profile_batch_size is not None and args.profile_batch_size < 1:
+        parser.error('--profile-batch-size takes 1 or more')
     device = torch.device(args.device)
     meta = dict(
         command=' '.join(['python', 'benchmarks/gpu.py', *(sys.argv[1:] if argv is None else argv)]),
@@ -250,14 +338,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
         img_size=IMG_SIZE, num_classes=NUM_CLASSES, warmup=args.warmup, steps=args.steps,
         baseline=row_model(BASELINE_ROW), optimizer='SGD lr 1e-3, cross-entropy (benchmarks/cost.py train_step)',
-        compile='torch.compile defaults, batch dimension marked dynamic: one compilation per model')
+        compile=f'torch.compile mode {args.compile_mode}, batch dimension marked dynamic: one compilation per model')
     results = Results(args.out, meta)
-    run_pipelines(args, results)
+    if args.pipeline_images:
+        run_pipelines(args, results)
     run_training(args, results)
+    if args.profile_batch_size:
+        run_profiles(args, results)
     results.write(finished=True)
     print(f'\n{meta["device"]}, torch {torch.__version__}, timm {timm.__version__}, {IMG_SIZE} px, '
           f'{args.warmup} warm-up + {args.steps} timed steps, {meta["elapsed_s"]} s in all\n')
     print(table(results))
+    if results.profiles:
+        print(f'\nprofiled: {args.profile_steps} steps after {args.warmup} warm-up\n')
+        print(profile_table(results))
     return 0
 
 

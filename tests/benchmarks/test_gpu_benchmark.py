@@ -101,3 +101,27 @@ def test_gpu_benchmark_time_budget(gpu, tmp_path: Path) -> None:
     assert {r['status'] for r in data['training']} == {'skipped'}
     assert all(r['img_per_s'] is None and 'time-budget' in r['error'] for r in data['training'])
     assert len(data['pipeline']) == 2 and data['meta']['finished'] is True
+
+
+@pytest.mark.filterwarnings('ignore:an FCT module attends over a single key')
+def test_gpu_benchmark_profiles_each_models_training_step(gpu, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--profile-batch-size: per row, the profiled step's time and launches and its top events, on a CPU the aten
+    operators; the FCT models launch more than the plain network they extend. --compile-mode is recorded."""
+    data = run(gpu, tmp_path, '--combos', 'fp32', '--pipeline-images', '0', '--profile-batch-size', '2',
+               '--profile-combo', 'fp32', '--profile-steps', '1', '--top', '5', '--compile-mode', 'reduce-overhead')
+    assert 'reduce-overhead' in data['meta']['compile'] and data['pipeline'] == []
+    profiles = data['profiles']
+    assert [p['row'] for p in profiles] == list(ROWS)
+    for p in profiles:
+        assert set(p) == {'row', 'model', 'batch_size', 'combo', 'events', 'ms_per_step', 'launches_per_step', 'top'}
+        assert (p['batch_size'], p['combo'], p['events']) == (2, 'fp32', 'aten operators (CPU)')
+        assert p['ms_per_step'] > 0 and p['launches_per_step'] > 0
+        times = [e['ms_per_step'] for e in p['top']]
+        assert len(times) == 5 and times == sorted(times, reverse=True)
+        assert all(e['name'].startswith('aten::') and 0 < e['share'] <= 1 for e in p['top'])
+        assert sum(e['share'] for e in p['top']) <= 1 + 1e-9
+    launches = {p['row']: p['launches_per_step'] for p in profiles}
+    assert min(launches['fct_ln'], launches['fct_bn']) > launches['resnet50']
+    printed = capsys.readouterr().out
+    assert sum(f'| {p["model"]} | 2 | fp32 | aten operators (CPU) |' in line
+               for p in profiles for line in printed.splitlines()) == len(profiles)
