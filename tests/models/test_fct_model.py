@@ -248,19 +248,20 @@ def test_non_square_input():
 def test_fct_layers_use_the_papers_kaiming_normal_init():
     """He et al.'s Kaiming normal: std sqrt(2 / fan_in), depth-wise convolutions too; g's projection gain 1."""
     torch.manual_seed(0)
-    block = timm.create_model('resnet50_fct_bn_cifar').fct['0']
+    model = timm.create_model('resnet50_fct_bn_cifar')
+    block = model.fct['0']
     cases = [
         (block.patch_embed.weight, math.sqrt(2.0 / (256 * 3 * 3))),  # 96 x 256 x 3 x 3
         (block.attn.kv_conv.conv.weight, math.sqrt(2.0 / (1 * 3 * 3))),  # depth-wise: 192 x 1 x 3 x 3
         (block.attn.kv.weight, math.sqrt(2.0 / 96)),  # K's and V's: 192 x 96 x 1 x 1
         (block.attn.q.weight, math.sqrt(2.0 / 96)),
         (block.focus.conv.weight, math.sqrt(2.0 / (96 * 3 * 3))),
-        (block.global_proj.weight, math.sqrt(1.0 / 2048)),  # 256 x 2048
+        (model.global_proj.weight, math.sqrt(1.0 / 2048)),  # P_l of the three taps: (256 + 512 + 1024) x 2048
     ]
     for w, std in cases:
         assert w.std().item() == pytest.approx(std, rel=0.1)
         assert abs(w.mean().item()) < 0.1 * std
-    assert not block.global_proj.bias.any() and not block.patch_embed.bias.any()
+    assert not model.global_proj.bias.any() and not block.patch_embed.bias.any()
 
 
 @pytest.mark.parametrize('fused', [True, False], ids=['fused', 'explicit'])
@@ -332,6 +333,7 @@ def test_prune_norm_keeps_only_the_requested_modules():
         taps = model.forward_intermediates(x, intermediates_only=True)
         model.prune_intermediate_layers([1], prune_norm=True)
         assert list(model.fct) == ['1']
+        assert model.global_proj.out_features == model.fct['1'].patch_embed.in_channels  # only its P_1
         torch.testing.assert_close(model.forward_features(x), taps[1])
 
 

@@ -91,10 +91,16 @@ def ref_mhsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) 
     return torch.cat(heads, dim=1)  # CONCAT(head_1, ..., head_n)
 
 
-def separate_k_and_v(w: Weights) -> Weights:
-    """The model stores K's and V's weights stacked along channels, K's first (`attn.kv_conv.*`, `attn.kv.*`);
-    the reference reads them apart, as `attn.k_conv.*`, `attn.v_conv.*`, `attn.k.*`, `attn.v.*`."""
+def per_module_weights(w: Weights) -> Weights:
+    """The model stores K's and V's weights stacked along channels, K's first (`attn.kv_conv.*`, `attn.kv.*`), and
+    every module's P_l as rows of one matrix, in tap order (`global_proj.*`); the reference reads them apart, as
+    `attn.k_conv.*`, `attn.v_conv.*`, `attn.k.*`, `attn.v.*` and `fct.{i}.global_proj.*`."""
     out = dict(w)
+    taps = sorted({int(k.split('.')[1]) for k in w if k.startswith('fct.')})
+    rows = [w[f'fct.{i}.patch_embed.weight'].shape[1] for i in taps]  # P_l's rows: the tap's channels
+    for name in ('weight', 'bias'):
+        for i, part in zip(taps, w[f'global_proj.{name}'].split(rows)):
+            out[f'fct.{i}.global_proj.{name}'] = part
     for name, value in w.items():
         for stacked, k_name, v_name in (('.attn.kv_conv.', '.attn.k_conv.', '.attn.v_conv.'),
                                         ('.attn.kv.', '.attn.k.', '.attn.v.')):
@@ -107,6 +113,7 @@ def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind:
             num_heads: int = NUM_HEADS) -> torch.Tensor:
     """One FCT module, eqs. 7-9, from a tapped map z_hat and the global descriptor g."""
     # Sec. 3.2: add g to the tap; design choice: a linear P_l matches g's width to the tap's
+    w = per_module_weights(w)
     g_l = g @ w[f'{prefix}.global_proj.weight'].t() + w[f'{prefix}.global_proj.bias']
     x = z_hat + g_l[:, :, None, None]
     # eq. 7: z = PATCHEMBED(z_hat + g)
@@ -116,7 +123,6 @@ def ref_fct(z_hat: torch.Tensor, g: torch.Tensor, w: Weights, prefix: str, kind:
     kv_stride = ref_kv_stride(grid_h, grid_w)
 
     # eq. 8: Q, K, V = W(N(CONVPROJ(z))), CONVPROJ a depth-wise 3x3 convolution
-    w = separate_k_and_v(w)
 
     def qkv(name: str, stride: int) -> torch.Tensor:
         y = F.conv2d(z, w[f'{prefix}.attn.{name}_conv.conv.weight'], None, stride=stride, padding=1, groups=C)
@@ -193,11 +199,11 @@ def test_one_fct_module_computes_eqs_7_to_9(kind: str, fused: bool, tap_hw):
     model = build_model(kind, fused)
     block = model.fct['0']
     w = model.state_dict()
-    tap_chs, global_chs = w['fct.0.patch_embed.weight'].shape[1], w['fct.0.global_proj.weight'].shape[1]
+    tap_chs, global_chs = w['fct.0.patch_embed.weight'].shape[1], w['global_proj.weight'].shape[1]
     z_hat = torch.randn(2, tap_chs, *tap_hw, dtype=torch.float64)
     g = torch.randn(2, global_chs, dtype=torch.float64)
     with torch.no_grad():
-        out = block(z_hat, g)
+        out = block(z_hat, model.global_proj(g)[:, :tap_chs])  # the module is fed P_0(g): the first rows
         expected = ref_fct(z_hat, g, w, 'fct.0', kind)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=RTOL)

@@ -10,7 +10,7 @@ of the model's function only.
 """
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import pytest
 import timm
@@ -60,7 +60,7 @@ def outputs(model: torch.nn.Module, x: torch.Tensor, probe: torch.Tensor) -> Dic
     logits = model(x)
     (logits * probe).sum().backward()
     out['logits_train'] = logits.detach()
-    out.update({f'grad.{n}': p.grad for n, p in model.named_parameters() if n.startswith('fct.')})
+    out.update({f'grad.{n}': p.grad for n, p in model.named_parameters() if n.startswith(('fct.', 'global_proj.'))})
     out.update({f'after_train.{n}': b for n, b in model.named_buffers() if n.startswith('fct.')})
     return out
 
@@ -81,11 +81,16 @@ def part(saved: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]
     return {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
 
 
-def unstacked(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The stacked K/V tensors (`attn.kv_conv.*`, `attn.kv.*`: K's channels, then V's) under the separate names
-    the reference file's code used (`attn.k_conv.*`, `attn.v_conv.*`, `attn.k.*`, `attn.v.*`)."""
+def unstacked(tensors: Dict[str, torch.Tensor], tap_chs: Sequence[int]) -> Dict[str, torch.Tensor]:
+    """The stacked K/V tensors (`attn.kv_conv.*`, `attn.kv.*`: K's channels, then V's) and the rows of P for all
+    taps (`global_proj.*`, `tap_chs` rows each, in tap order) under the separate names the reference file's
+    code used (`attn.k_conv.*`, `attn.v_conv.*`, `attn.k.*`, `attn.v.*`, `fct.{i}.global_proj.*`)."""
     out = {}
     for name, value in tensors.items():
+        if 'global_proj.' in name:  # e.g. grad.global_proj.weight -> grad.fct.0.global_proj.weight, ...
+            for i, rows in enumerate(value.split(list(tap_chs))):
+                out[name.replace('global_proj.', f'fct.{i}.global_proj.')] = rows
+            continue
         for stacked, k_name, v_name in (('.attn.kv_conv.', '.attn.k_conv.', '.attn.v_conv.'),
                                         ('.attn.kv.', '.attn.k.', '.attn.v.')):
             if stacked in name:
@@ -106,7 +111,8 @@ def test_model_saved_before_the_fusion_loads_and_gives_the_same_logits_and_gradi
     save_file(state, str(tmp_path / 'old.safetensors'))
     overlay = dict(file=str(tmp_path / 'old.safetensors'), num_classes=10)
     model = timm.create_model(f'fct_{norm}', pretrained=True, pretrained_cfg_overlay=overlay, **SMALL_MODEL_KWARGS)
-    assert {k: tuple(v.shape) for k, v in unstacked(model.state_dict()).items()} == {
+    tap_chs = [state[f'fct.{i}.patch_embed.weight'].shape[1] for i in range(3)]  # P_l's rows: the tap's channels
+    assert {k: tuple(v.shape) for k, v in unstacked(model.state_dict(), tap_chs).items()} == {
         k: tuple(v.shape) for k, v in state.items()}
     expected = {k: v for k, v in part(saved, f'{norm}.').items() if not k.startswith('state.')}
     # the model's decisions read the tap's height and width, never the batch: one image alone gives its row
@@ -118,7 +124,7 @@ def test_model_saved_before_the_fusion_loads_and_gives_the_same_logits_and_gradi
     direct.load_state_dict(state, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(direct.eval()(saved['x']), expected['logits_eval'], atol=ATOL, rtol=RTOL)
-    actual = unstacked(outputs(model, saved['x'], saved['probe']))
+    actual = unstacked(outputs(model, saved['x'], saved['probe']), tap_chs)
     assert actual.keys() == expected.keys()
     for name, value in actual.items():
         torch.testing.assert_close(value, expected[name], atol=ATOL, rtol=RTOL, msg=lambda m: f'{name}: {m}')

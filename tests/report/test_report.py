@@ -168,9 +168,11 @@ def colour_evidence_fct() -> nn.Module:
             pass_colours_through(conv)
         model.head.fc.weight.zero_()
         model.head.fc.bias.zero_()
+        model.global_proj.weight.zero_()
+        model.global_proj.bias.zero_()
         for i, block in enumerate(fct_modules(model)):
             pass_colours_through(block.patch_embed)
-            for silenced in (block.global_proj, block.attn.proj, block.focus.conv):
+            for silenced in (block.attn.proj, block.focus.conv):
                 silenced.weight.zero_()
                 silenced.bias.zero_()
             model.head.fc.weight[[0, 1], [8 * i, 8 * i + 1]] = 1.0  # channel c of each module votes for class c

@@ -13,7 +13,7 @@ state-dict keys.
 Where each equation of the paper lives:
 
 * x_l = z_l + P_l(g) (Sec. 3.2: "we add z_l to g", "assuming equal dimensions"; P_l, our own, matches g's
-  width to the tap's) ............................................................. `FctBlock.global_proj`
+  width to the tap's) ......................................... `FctNet.global_proj` (its rows of tap l)
 * eq. 7, PATCHEMBED(z_l + g) ...................................................... `FctBlock.patch_embed`
 * eqs. 2-4 and 6, MHSA(N(CONVPROJ(z))) .................................................. `ConvAttention`
 * eq. 8, residual around the attention ............................................... `FctBlock.forward`
@@ -338,12 +338,11 @@ class FocusLayer(nn.Module):
 
 
 class FctBlock(nn.Module):
-    """One FCT module: a tap's feature map plus the global descriptor in, an attended map out (eqs. 7-9)."""
+    """One FCT module: a tap's feature map plus the projected global descriptor in, an attended map out (eqs. 7-9)."""
 
     def __init__(
             self,
             in_chs: int,
-            global_chs: int,
             embed_dim: int,
             num_heads: int,
             patch_size: int = 3,
@@ -358,7 +357,6 @@ class FctBlock(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.global_proj = nn.Linear(global_chs, in_chs, **dd)  # P_l: g to the tap's channel count (ours)
         self.patch_embed = nn.Conv2d(  # overlapping patches: kernel larger than stride
             in_chs, embed_dim, patch_size, stride=patch_stride, padding=patch_size // 2, **dd)
         self.attn = ConvAttention(embed_dim, num_heads, kv_stride, kv_min_grid, norm_layer, attn_drop, **dd)
@@ -366,11 +364,9 @@ class FctBlock(nn.Module):
         self.focus = FocusLayer(embed_dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor, g_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The tap x, the global descriptor g; g_proj, if given, is P(g) as computed by the caller (FctNet
-        projects g for all its modules in one matrix product)."""
-        if g_proj is None:
-            g_proj = self.global_proj(g)
+    def forward(self, x: torch.Tensor, g_proj: torch.Tensor) -> torch.Tensor:
+        """x: the tap's map (B, in_chs, H, W); g_proj: P_l(g), the global descriptor projected to the tap's
+        channels (B, in_chs), which FctNet computes for all its modules in one matrix product."""
         # eq. 7; the rest runs channels_last, where the depth-wise and 1x1 convolutions are faster on a CPU
         # and the heads are views of the Q, K and V maps (a copy of the small embedded map buys both)
         z = self.patch_embed(x + g_proj[:, :, None, None])
@@ -470,10 +466,14 @@ class FctNet(nn.Module):
         self.min_input_size = levels[-1]['reduction']
 
         norm_layer = NORM_LAYERS[norm]
+        # P_l of every tap as one linear map (ours: the paper adds g to the tap "assuming equal dimensions"):
+        # its rows of tap l, in tap order, give P_l(g), so one matrix product projects g for every module
+        self.global_proj = nn.Linear(self.level_chs[-1], sum(self.level_chs[:-1]), **dd)
+        self.global_proj_chs: List[int] = list(self.level_chs[:-1])
         # keyed by position among the taps, so that pruning can drop any module and the others keep their key
         self.fct = nn.ModuleDict({
             str(i): FctBlock(
-                chs, self.level_chs[-1], embed_dim, num_heads,
+                chs, embed_dim, num_heads,
                 patch_size=patch_size,
                 patch_stride=patch_stride,
                 kv_stride=kv_stride,
@@ -493,9 +493,11 @@ class FctNet(nn.Module):
         self.num_features = embed_dim * len(self.fct)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
-        self.fct.apply(_init_fct_weights)
+        _init_fct(self)
         if self.kaiming_classifier:
             _init_classifier(self.head.fc)
+        # checkpoints saved with a P_l in each module load through any path (resume, load_state_dict, torch.hub)
+        self.register_load_state_dict_pre_hook(_load_separate_global_proj)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Tuple]:
@@ -557,26 +559,16 @@ class FctNet(nn.Module):
         feats = [levels[i].permute(0, 3, 1, 2) if self.backbone_nhwc else levels[i] for i in self.read_levels]
         check_feature_maps(feats, self.level_chs, self.backbone_name)
         g = feats[-1].mean((2, 3))  # global image descriptor: the pooled last level
-        # P_l(g) of every module at `indices` as one matrix product of their stacked weights: one kernel, where
-        # each module's own linear would be one (and one more for each gradient) per module
-        taps: List[int] = []
-        weights: List[torch.Tensor] = []
-        biases: List[torch.Tensor] = []
-        for key, block in self.fct.items():
-            if int(key) in indices:
-                taps.append(int(key))
-                weights.append(block.global_proj.weight)
-                biases.append(block.global_proj.bias)
-        g_projs = F.linear(g, torch.cat(weights), torch.cat(biases)).split([w.shape[0] for w in weights], dim=1)
+        g_projs = self.global_proj(g).split(self.global_proj_chs, dim=1)  # P_l(g) of every kept module
         outs: List[torch.Tensor] = []
         for key, block in self.fct.items():
             i = int(key)
             if i in indices:
-                g_proj = g_projs[taps.index(i)]
+                g_proj = g_projs[self.fct_indices.index(i)]
                 if self.grad_checkpointing and not torch.jit.is_scripting():
-                    outs.append(checkpoint(block, feats[i], g, g_proj))
+                    outs.append(checkpoint(block, feats[i], g_proj))
                 else:
-                    outs.append(block(feats[i], g, g_proj))
+                    outs.append(block(feats[i], g_proj))
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -638,6 +630,7 @@ class FctNet(nn.Module):
         max_index = max(take_indices)
         keep = take_indices if prune_norm else [i for i in self.fct_indices if i <= max_index]
         changed = keep != self.fct_indices
+        self._keep_global_proj_rows(keep)
         for i in self.fct_indices:
             if i not in keep:
                 del self.fct[str(i)]
@@ -649,6 +642,20 @@ class FctNet(nn.Module):
             self.head_hidden_size = self.head.num_features
         return take_indices
 
+    @torch.jit.ignore
+    def _keep_global_proj_rows(self, keep: List[int]) -> None:
+        """global_proj with the rows of the FCT modules in `keep` only (weights copied, trainable as before)."""
+        starts = [sum(self.global_proj_chs[:n]) for n in range(len(self.global_proj_chs))]
+        rows = [r for i, start, chs in zip(self.fct_indices, starts, self.global_proj_chs) if i in keep
+                for r in range(start, start + chs)]
+        old = self.global_proj
+        self.global_proj = nn.Linear(old.in_features, len(rows), device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            self.global_proj.weight.copy_(old.weight[rows])
+            self.global_proj.bias.copy_(old.bias[rows])
+        self.global_proj.requires_grad_(old.weight.requires_grad)
+        self.global_proj_chs = [chs for i, chs in zip(self.fct_indices, self.global_proj_chs) if i in keep]
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
@@ -658,22 +665,30 @@ class FctNet(nn.Module):
         return x
 
 
+def _init_fct(model: 'FctNet') -> None:
+    """Kaiming normal for P (global_proj) and the FCT modules, drawn module by module: each module's rows of P,
+    then the module, the order in which a seed drew them when every module held its own P_l, so that a seed
+    gives the same weights. P is variance-preserving (fan-in, gain 1), so the descriptor adds to the tap at
+    the scale it has; biases zero."""
+    start = 0
+    for chs, block in zip(model.global_proj_chs, model.fct.values()):
+        nn.init.kaiming_normal_(model.global_proj.weight[start:start + chs], mode='fan_in', nonlinearity='linear')
+        start += chs
+        block.apply(_init_fct_weights)
+    nn.init.zeros_(model.global_proj.bias)
+
+
 def _init_fct_weights(module: nn.Module) -> None:
     """The paper's Kaiming normal initialiser, as we read it (He et al. 2015: fan-in, ReLU gain), for every
     FCT convolution; the mode and gains are ours (docs/decisions.md).
 
     Fan-in keeps the forward variance of each layer, depth-wise ones included (fan-in 9, where fan-out
-    would shrink their weights by the channel count). g's projection is variance-preserving (gain 1),
-    so the descriptor adds to the tap at the scale it has.
+    would shrink their weights by the channel count).
     """
     if isinstance(module, nn.Conv2d):
         nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='relu')
-    elif isinstance(module, nn.Linear):
-        nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='linear')
-    else:
-        return
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _init_classifier(fc: nn.Module) -> None:
@@ -704,6 +719,19 @@ def stack_kv(state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
             state_dict[prefix + stacked + name] = k_value if k_value.dim() == 0 else torch.cat([k_value, v_value])
 
 
+def stack_global_proj(state_dict: Dict[str, torch.Tensor], prefix: str, indices: Sequence[int]) -> None:
+    """In place: the P_l of each FCT module at `indices` (`{prefix}fct.{i}.global_proj.*`, as saved before they
+    were stacked) as the rows of `{prefix}global_proj.*`, in the order of `indices`."""
+    for name in ('weight', 'bias'):
+        keys = [f'{prefix}fct.{i}.global_proj.{name}' for i in indices]
+        if keys and all(k in state_dict for k in keys):
+            state_dict[f'{prefix}global_proj.{name}'] = torch.cat([state_dict.pop(k) for k in keys])
+
+
+def _load_separate_global_proj(module: nn.Module, state_dict: Dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    stack_global_proj(state_dict, prefix, module.fct_indices)
+
+
 def stack_kv_weights(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """An FctNet checkpoint with every module's K and V weights stacked (`stack_kv`); one already stacked comes
     back as it is."""
@@ -715,8 +743,8 @@ def stack_kv_weights(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> Dict[str, torch.Tensor]:
-    """Accept FctNet checkpoints, those with separate K and V weights too, and the plain backbone's own as
-    backbone-only weights.
+    """Accept FctNet checkpoints, those with separate K and V weights and a P_l in each module too, and the plain
+    backbone's own as backbone-only weights.
 
     A plain checkpoint's keys go under timm's features_only names (stem.0 -> backbone.stem_0), its
     classifier is dropped, and the FCT modules and head keep their fresh initialisation. Every weight
@@ -725,6 +753,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FctNet) -> 
     """
     if any(k.startswith('fct.') for k in state_dict):
         out = stack_kv_weights(state_dict)
+        stack_global_proj(out, '', model.fct_indices)
     else:
         backbone_keys = set(model.backbone.state_dict())
         renamed = {features_key(k, backbone_keys): v for k, v in state_dict.items()}
