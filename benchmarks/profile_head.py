@@ -56,21 +56,24 @@ def steps_of(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], 
 
 
 def head_steps(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Callable[[], None]]:
-    """The FCT modules alone, on the backbone's maps of x (computed once)."""
+    """The FCT modules alone, with P(g) (FctNet.global_proj), on the backbone's maps of x (computed once)."""
     with torch.no_grad():
         feats = [model.backbone(x)[i] for i in model.read_levels]
     g = feats[-1].mean((2, 3))
     blocks = list(model.fct.values())
 
+    def outputs() -> List[torch.Tensor]:
+        g_projs = model.global_proj(g).split(model.global_proj_chs, dim=1)
+        return [block(feats[i], g_proj) for i, (block, g_proj) in enumerate(zip(blocks, g_projs))]
+
     def infer() -> None:
         model.eval()
         with torch.no_grad():
-            for i, block in enumerate(blocks):
-                block(feats[i], g)
+            outputs()
 
     def train() -> None:
         model.train()
-        sum(block(feats[i], g).mean() for i, block in enumerate(blocks)).backward()
+        sum(out.mean() for out in outputs()).backward()
 
     return {'inference': infer, 'forward + backward': train}
 
