@@ -33,16 +33,19 @@ def test_generic_model_trains_on_the_backbones_last_three_levels_before_the_last
     model = timm.create_model('fct_bn', backbone=backbone, embed_dim=32, num_classes=5)
     n = len(channels)
     assert model.taps == tuple(range(max(0, n - 4), n - 1))
-    seen = []
-    for block in model.fct.values():
+    seen, g = [], []
+    for block in model.fct.values():  # each module: its tap, and g projected to the tap's channels (P_l(g))
         block.register_forward_pre_hook(lambda m, args: seen.append((tuple(args[0].shape), tuple(args[1].shape))))
+    model.global_proj.register_forward_pre_hook(lambda m, args: g.append(tuple(args[0].shape)))
     x = torch.randn(2, 3, 64, 96)  # non-square: an NHWC map read as NCHW would not fit
     logits = model(x)
     logits.logsumexp(1).sum().backward()
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
-    assert seen == [((2, channels[t], 64 // reductions[t], 96 // reductions[t]), (2, channels[-1]))
+    assert seen == [((2, channels[t], 64 // reductions[t], 96 // reductions[t]), (2, channels[t]))
                     for t in model.taps]
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fct.parameters())
+    assert g == [(2, channels[-1])]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for p in [*model.fct.parameters(), *model.global_proj.parameters()])
 
 
 def test_named_models_cost_at_most_1_2x_their_backbones_flops():
@@ -177,7 +180,7 @@ def test_the_global_descriptor_comes_from_the_backbones_last_level():
     model.backbone.get_submodule(last.replace('.', '_', 1)).register_forward_hook(
         lambda m, a, out: seen.append(out.shape))
     g = []
-    model.fct['0'].register_forward_pre_hook(lambda m, args: g.append(args[1].shape))
+    model.global_proj.register_forward_pre_hook(lambda m, args: g.append(args[0].shape))  # P(g) takes g
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, 64, 64))
     assert len(seen) == 1 and g == [(1, seen[0][-1])]  # NHWC: channels last
