@@ -645,16 +645,16 @@ class FctNet(nn.Module):
     @torch.jit.ignore
     def _keep_global_proj_rows(self, keep: List[int]) -> None:
         """global_proj with the rows of the FCT modules in `keep` only (weights copied, trainable as before)."""
-        starts = [sum(self.global_proj_chs[:n]) for n in range(len(self.global_proj_chs))]
-        rows = [r for i, start, chs in zip(self.fct_indices, starts, self.global_proj_chs) if i in keep
-                for r in range(start, start + chs)]
+        kept = [n for n, i in enumerate(self.fct_indices) if i in keep]
         old = self.global_proj
-        self.global_proj = nn.Linear(old.in_features, len(rows), device=old.weight.device, dtype=old.weight.dtype)
+        weight = torch.cat([old.weight.split(self.global_proj_chs)[n] for n in kept])
+        bias = torch.cat([old.bias.split(self.global_proj_chs)[n] for n in kept])
+        self.global_proj = nn.Linear(old.in_features, weight.shape[0], device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
-            self.global_proj.weight.copy_(old.weight[rows])
-            self.global_proj.bias.copy_(old.bias[rows])
+            self.global_proj.weight.copy_(weight)
+            self.global_proj.bias.copy_(bias)
         self.global_proj.requires_grad_(old.weight.requires_grad)
-        self.global_proj_chs = [chs for i, chs in zip(self.fct_indices, self.global_proj_chs) if i in keep]
+        self.global_proj_chs = [self.global_proj_chs[n] for n in kept]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -670,10 +670,8 @@ def _init_fct(model: 'FctNet') -> None:
     then the module, the order in which a seed drew them when every module held its own P_l, so that a seed
     gives the same weights. P is variance-preserving (fan-in, gain 1), so the descriptor adds to the tap at
     the scale it has; biases zero."""
-    start = 0
-    for chs, block in zip(model.global_proj_chs, model.fct.values()):
-        nn.init.kaiming_normal_(model.global_proj.weight[start:start + chs], mode='fan_in', nonlinearity='linear')
-        start += chs
+    for rows, block in zip(model.global_proj.weight.split(model.global_proj_chs), model.fct.values()):
+        nn.init.kaiming_normal_(rows, mode='fan_in', nonlinearity='linear')
         block.apply(_init_fct_weights)
     nn.init.zeros_(model.global_proj.bias)
 
