@@ -3,13 +3,18 @@
 For each model, profiles inference and the training step of the FCT model and of its vanilla baseline
 (benchmarks/cost.py's pairs) at the model's default input size, and prints, per aten operator, the self
 CPU time per step of each and the difference: the time the FCT modules add beyond the baseline. Then
-the same for the FCT modules alone (every module on its tap's map, as the model feeds it).
+the same for the FCT modules alone (every module on its tap's map, as the model feeds it), and the modules'
+time beside the baseline's, timed back to back without the profiler: where the throughput x FLOPs target of
+benchmarks/cost.py stands once the whole-model timings' noise is out of the way.
 
     python benchmarks/profile_head.py                                  # resnet50_fct_bn_cifar, resnet50_fct_bn
     python benchmarks/profile_head.py --models resnet18_fct_bn_cifar --batch-size 1 --top 20
+    python benchmarks/profile_head.py --models resnet50_fct_ln_cifar --batch-size 1 --by-shape  # per kernel size
 """
 import argparse
+import statistics
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -19,19 +24,24 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cost import BASELINES  # noqa: E402  the model/baseline pairs live in cost.py
+from cost import BASELINES, count_flops  # noqa: E402  the model/baseline pairs live in cost.py
 
 import timm_fct  # noqa: E402,F401  registers the models
 
 
-def op_times(step: Callable[[], None], steps: int) -> Dict[str, float]:
-    """Self CPU milliseconds per step of each aten operator (and 'total'), over `steps` profiled steps."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+def op_times(step: Callable[[], None], steps: int, by_shape: bool = False) -> Dict[str, float]:
+    """Self CPU milliseconds per step of each aten operator (and 'total'), over `steps` profiled steps.
+
+    by_shape: one entry per operator and input shapes ('aten::mkldnn_convolution [[1, 96, 4, 4], ...]'), which
+    tells a kernel's fixed cost (the same time on a 4x4 map as on a 16x16 one) from its work.
+    """
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=by_shape) as prof:
         for _ in range(steps):
             step()
     times: Dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        times[event.key] += event.self_cpu_time_total / 1e3 / steps
+    for event in prof.key_averages(group_by_input_shape=by_shape):
+        key = f'{event.key} {event.input_shapes}' if by_shape else event.key
+        times[key] += event.self_cpu_time_total / 1e3 / steps
     times['total'] = sum(times.values())
     return times
 
@@ -73,9 +83,31 @@ def head_steps(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Callable[[]
 
     def train() -> None:
         model.train()
-        sum(out.mean() for out in outputs()).backward()
+        outs = outputs()
+        # a gradient laid out as each output (not out.mean()'s expanded one, which no model step produces and
+        # which sends the elementwise backwards down their slow strided path)
+        torch.autograd.backward(outs, [torch.ones_like(out) for out in outs])
 
     return {'inference': infer, 'forward + backward': train}
+
+
+def time_share(head: Callable[[], None], base: Callable[[], None], rounds: int, iters: int) -> List[float]:
+    """Per round, the FCT modules' time over the baseline model's, the two timed back to back (`iters` steps each).
+
+    A model that ran the baseline and then its modules would give throughput x FLOPs ratio = F / (1 + share)
+    (F: the FCT model's FLOPs over the baseline's); timed this way, the share is free of the whole models'
+    round-to-round noise, which is as large as the modules' time.
+    """
+    shares = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(iters):
+            base()
+        middle = time.perf_counter()
+        for _ in range(iters):
+            head()
+        shares.append((time.perf_counter() - middle) / (middle - start))
+    return shares
 
 
 def table(title: str, fct: Dict[str, float], base: Dict[str, float], top: int) -> List[str]:
@@ -88,6 +120,13 @@ def table(title: str, fct: Dict[str, float], base: Dict[str, float], top: int) -
         lines.append(f'| {k} | {fct.get(k, 0.):.2f} | {base.get(k, 0.):.2f} | {extra:.2f} | {extra / added:.0%} |')
     lines.append(f'| **total** | {fct["total"]:.2f} | {base["total"]:.2f} | {added:.2f} | 100% |')
     return lines
+
+
+def share_line(name: str, kind: str, shares: List[float], flops: float) -> str:
+    share = statistics.median(shares)
+    return (f'{name}, {kind}: modules / {BASELINES[name]} time {share:.3f} (median of {len(shares)} rounds, '
+            f'{min(shares):.3f}-{max(shares):.3f}), FLOPs x {flops:.3f}: throughput x FLOPs ratio '
+            f'{flops / (1 + share):.2f} if the model costs the baseline plus its modules')
 
 
 def head_table(title: str, head: Dict[str, float], top: int) -> List[str]:
@@ -106,6 +145,11 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=5, help='profiled steps, after 2 warm-up steps')
     parser.add_argument('--top', type=int, default=12, help='operators listed per table')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave as is)')
+    parser.add_argument('--by-shape', action='store_true',
+                        help='the FCT modules\' tables per operator and input shapes')
+    parser.add_argument('--share-rounds', type=int, default=8,
+                        help='alternating rounds timing the modules beside the baseline (0: skip)')
+    parser.add_argument('--share-iters', type=int, default=10, help='steps of each per round')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,7 +170,13 @@ def main() -> None:
         for kind, step in head_steps(fct, x).items():
             step(), step()
             lines += head_table(f'{name}: its {len(fct.fct)} FCT modules alone, {kind}, batch {args.batch_size}: '
-                                f'ms per step', op_times(step, args.steps), args.top)
+                                f'ms per step', op_times(step, args.steps, args.by_shape), args.top)
+        if args.share_rounds:
+            flops = count_flops(fct.eval(), x) / count_flops(base.eval(), x)
+            lines.append('')
+            for (kind, head), base_step in zip(head_steps(fct, x).items(), base_steps.values()):
+                shares = time_share(head, base_step, args.share_rounds, args.share_iters)
+                lines.append(share_line(name, kind, shares, flops))
         print('\n'.join(lines), flush=True)
         lines = []
 
