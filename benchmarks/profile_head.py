@@ -83,6 +83,7 @@ def head_steps(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Callable[[]
 
     def train() -> None:
         model.train()
+        model.zero_grad(set_to_none=True)  # fresh gradients, as a training step's, not accumulated ones
         outs = outputs()
         # a gradient laid out as each output (not out.mean()'s expanded one, which no model step produces and
         # which sends the elementwise backwards down their slow strided path)
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument('--models', nargs='+', default=['resnet50_fct_bn_cifar', 'resnet50_fct_bn'],
                         choices=sorted(BASELINES))
     parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--steps', type=int, default=5, help='profiled steps, after 2 warm-up steps')
+    parser.add_argument('--steps', type=int, default=5, help='profiled steps, after 2 warm-up steps (0: no profile)')
     parser.add_argument('--top', type=int, default=12, help='operators listed per table')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave as is)')
     parser.add_argument('--by-shape', action='store_true',
@@ -161,13 +162,13 @@ def main() -> None:
         fct, base = timm.create_model(name), timm.create_model(BASELINES[name])
         x = torch.randn(args.batch_size, *fct.pretrained_cfg['input_size'])
         fct_steps, base_steps = steps_of(fct, x), steps_of(base, x)
-        for kind in fct_steps:
+        for kind in fct_steps if args.steps else ():
             for step in (fct_steps[kind], base_steps[kind]):
                 step(), step()
             times = op_times(fct_steps[kind], args.steps), op_times(base_steps[kind], args.steps)
             lines += table(f'{name} beside {BASELINES[name]}, {kind}, batch {args.batch_size}: ms per step', *times,
                            args.top)
-        for kind, step in head_steps(fct, x).items():
+        for kind, step in head_steps(fct, x).items() if args.steps else ():
             step(), step()
             lines += head_table(f'{name}: its {len(fct.fct)} FCT modules alone, {kind}, batch {args.batch_size}: '
                                 f'ms per step', op_times(step, args.steps, args.by_shape), args.top)
@@ -175,6 +176,7 @@ def main() -> None:
             flops = count_flops(fct.eval(), x) / count_flops(base.eval(), x)
             lines.append('')
             for (kind, head), base_step in zip(head_steps(fct, x).items(), base_steps.values()):
+                head(), base_step()
                 shares = time_share(head, base_step, args.share_rounds, args.share_iters)
                 lines.append(share_line(name, kind, shares, flops))
         print('\n'.join(lines), flush=True)

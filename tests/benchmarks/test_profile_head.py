@@ -21,6 +21,9 @@ def test_head_steps_run_every_module_and_reach_p_and_each_modules_weights(monkey
     for block in model.fct.values():
         assert block.patch_embed.weight.grad is not None and block.focus.conv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.backbone.parameters())  # the backbone's maps are computed once, apart
+    first = model.global_proj.weight.grad.clone()
+    steps['forward + backward']()  # a training step's fresh gradients, not the sum of two steps'
+    torch.testing.assert_close(model.global_proj.weight.grad, first)
 
 
 def test_op_times_by_shape_names_each_kernels_input_shape(monkeypatch):
@@ -55,3 +58,17 @@ def test_time_share_is_the_modules_time_over_the_baselines_round_by_round(monkey
     line = profile_head.share_line('resnet50_fct_bn', 'inference', [0.25, 0.75, 0.1], 1.1)
     # median 0.25: a model costing the baseline plus its modules runs at 1 / 1.25 of its rate; x FLOPs 1.1 = 0.88
     assert 'resnet50 time 0.250 (median of 3 rounds, 0.100-0.750)' in line and 'ratio 0.88 if' in line
+
+
+def test_steps_0_prints_only_each_kinds_time_share(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / 'benchmarks'))
+    import profile_head
+
+    monkeypatch.setattr('sys.argv', ['profile_head.py', '--models', SMALL_MODEL, '--batch-size', '2', '--steps', '0',
+                                     '--share-rounds', '2', '--share-iters', '1'])
+    profile_head.main()
+    out = capsys.readouterr().out
+    assert '| operator |' not in out
+    for kind in ('inference', 'forward + backward'):
+        line = next(line for line in out.splitlines() if line.startswith(f'{SMALL_MODEL}, {kind}: modules / '))
+        assert 'resnet18_cifar time' in line and '(median of 2 rounds' in line
