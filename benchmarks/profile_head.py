@@ -162,20 +162,22 @@ def main() -> None:
         fct, base = timm.create_model(name), timm.create_model(BASELINES[name])
         x = torch.randn(args.batch_size, *fct.pretrained_cfg['input_size'])
         fct_steps, base_steps = steps_of(fct, x), steps_of(base, x)
-        for kind in fct_steps if args.steps else ():
-            for step in (fct_steps[kind], base_steps[kind]):
+        modules_steps = head_steps(fct, x)  # the backbone's maps of x, computed once for the tables and the shares
+        if args.steps:
+            for kind in fct_steps:
+                for step in (fct_steps[kind], base_steps[kind]):
+                    step(), step()
+                times = op_times(fct_steps[kind], args.steps), op_times(base_steps[kind], args.steps)
+                lines += table(f'{name} beside {BASELINES[name]}, {kind}, batch {args.batch_size}: ms per step',
+                               *times, args.top)
+            for kind, step in modules_steps.items():
                 step(), step()
-            times = op_times(fct_steps[kind], args.steps), op_times(base_steps[kind], args.steps)
-            lines += table(f'{name} beside {BASELINES[name]}, {kind}, batch {args.batch_size}: ms per step', *times,
-                           args.top)
-        for kind, step in head_steps(fct, x).items() if args.steps else ():
-            step(), step()
-            lines += head_table(f'{name}: its {len(fct.fct)} FCT modules alone, {kind}, batch {args.batch_size}: '
-                                f'ms per step', op_times(step, args.steps, args.by_shape), args.top)
+                lines += head_table(f'{name}: its {len(fct.fct)} FCT modules alone, {kind}, batch {args.batch_size}: '
+                                    f'ms per step', op_times(step, args.steps, args.by_shape), args.top)
         if args.share_rounds:
             flops = count_flops(fct.eval(), x) / count_flops(base.eval(), x)
             lines.append('')
-            for (kind, head), base_step in zip(head_steps(fct, x).items(), base_steps.values()):
+            for (kind, head), base_step in zip(modules_steps.items(), base_steps.values()):
                 head(), base_step()
                 shares = time_share(head, base_step, args.share_rounds, args.share_iters)
                 lines.append(share_line(name, kind, shares, flops))

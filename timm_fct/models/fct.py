@@ -647,8 +647,8 @@ class FctNet(nn.Module):
         """global_proj with the rows of the FCT modules in `keep` only (weights copied, trainable as before)."""
         kept = [n for n, i in enumerate(self.fct_indices) if i in keep]
         old = self.global_proj
-        weight = torch.cat([old.weight.split(self.global_proj_chs)[n] for n in kept])
-        bias = torch.cat([old.bias.split(self.global_proj_chs)[n] for n in kept])
+        weights, biases = old.weight.split(self.global_proj_chs), old.bias.split(self.global_proj_chs)
+        weight, bias = torch.cat([weights[n] for n in kept]), torch.cat([biases[n] for n in kept])
         self.global_proj = nn.Linear(old.in_features, weight.shape[0], device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             self.global_proj.weight.copy_(weight)
